@@ -1,0 +1,172 @@
+//! The controllers and what they share: the client, the Credential cache, metrics, Events and
+//! per-object backoff.
+//!
+//! Controllers run only while this instance holds the Lease (see `crate::operator`). One
+//! Credential watch feeds both controllers through a shared reflector, so the namespace is
+//! watched once per kind.
+
+pub mod backoff;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future};
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, controller::Action, watcher};
+use kube::{Client, Resource};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::conditions::{ConditionStatus, Transition};
+use crate::api::{Credential, Tenant};
+use crate::telemetry::Metrics;
+use crate::{Error, Result};
+pub use backoff::Backoff;
+
+/// The field manager of every server-side apply Bulkhead makes.
+pub const FIELD_MANAGER: &str = "bulkhead";
+
+/// The `reportingController` of Bulkhead's Events.
+pub const EVENT_CONTROLLER: &str = "bulkhead.dev/operator";
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub namespace: String,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub credentials: Store<Credential>,
+    pub backoff: Backoff,
+}
+
+impl Context {
+    pub fn new(client: Client, namespace: String, metrics: Arc<Metrics>, instance: String, credentials: Store<Credential>) -> Self {
+        let reporter = Reporter {
+            controller: EVENT_CONTROLLER.to_owned(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            namespace,
+            metrics,
+            credentials,
+            backoff: Backoff::default(),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Publish an Event about an object; failures are logged, never fatal (Events are advisory).
+    pub async fn publish<K>(&self, object: &K, type_: EventType, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %err, reason, "cannot publish Event");
+        }
+    }
+
+    /// One Event per condition transition. `Ready` going False and problems going True are
+    /// Warnings; everything else is Normal.
+    pub async fn publish_transitions<K>(&self, object: &K, transitions: &[Transition], problems: &[&str])
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        for t in transitions {
+            let warning = (t.type_ == "Ready" && t.to == ConditionStatus::False)
+                || (problems.contains(&t.type_) && t.to == ConditionStatus::True);
+            let type_ = if warning { EventType::Warning } else { EventType::Normal };
+            let note = format!("{} is {}: {}", t.type_, t.to.as_str(), t.message);
+            self.publish(object, type_, &t.reason, "Reconcile", note).await;
+        }
+    }
+}
+
+/// Wrap a reconcile with metrics, span fields and the per-object backoff bookkeeping.
+pub async fn instrumented<K, F, Fut>(controller: &'static str, object: Arc<K>, ctx: Arc<Context>, reconcile: F) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action>>,
+{
+    let key = ObjectRef::from_obj(object.as_ref()).erase();
+    let started = Instant::now();
+    let outcome = reconcile(object, ctx.clone()).await;
+    ctx.metrics
+        .observe_reconcile(controller, started.elapsed(), outcome.as_ref().err().map(Error::metric_label));
+    if outcome.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    outcome
+}
+
+/// Error policy shared by the controllers: exponential backoff per object (1 s doubling to
+/// 5 min, reset on success). kube-runtime does not back off per object by itself.
+pub fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let key = ObjectRef::from_obj(object.as_ref()).erase();
+    let delay = ctx.backoff.next_delay(&key);
+    tracing::warn!(
+        object = %key,
+        error = %error,
+        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Run every controller until `shutdown` is cancelled.
+pub async fn run(client: Client, namespace: String, metrics: Arc<Metrics>, instance: String, shutdown: CancellationToken) -> Result<()> {
+    let credentials_api: Api<Credential> = Api::namespaced(client.clone(), &namespace);
+    let tenants_api: Api<Tenant> = Api::namespaced(client.clone(), &namespace);
+
+    let (reader, writer) = reflector::store_shared::<Credential>(256);
+    let credential_changes = writer
+        .subscribe()
+        .ok_or_else(|| Error::Config("shared Credential store has no subscriber handle".to_owned()))?;
+    // Drives the one Credential watch of this instance; subscribers see every applied object.
+    let credential_watch = watcher(credentials_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(err) = event {
+                tracing::warn!(error = %err, "Credential watch error; retrying with backoff");
+            }
+            future::ready(())
+        });
+
+    let ctx = Arc::new(Context::new(client, namespace, metrics, instance, reader));
+
+    let tenant_controller = Controller::new(tenants_api, watcher::Config::default().any_semantic())
+        .reconcile_all_on(credential_changes.map(|_| ()))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(tenant::reconcile, error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    tokio::select! {
+        () = tenant_controller => {}
+        () = credential_watch => {}
+        () = shutdown.cancelled() => {}
+    }
+    Ok(())
+}
+
+/// Re-check interval for objects that wait for nothing in particular.
+pub const RECHECK: Duration = Duration::from_secs(10 * 60);

@@ -1,0 +1,14 @@
+//! Bulkhead: a namespace-confined Kubernetes operator that generates, rotates and hands out
+//! credentials without being able to enumerate the namespace's other Secrets.
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod error;
+pub mod leader;
+pub mod operator;
+pub mod preflight;
+pub mod rbac;
+pub mod telemetry;
+
+pub use error::{Error, Result};
