@@ -8,6 +8,7 @@ pub mod error;
 pub mod leader;
 pub mod operator;
 pub mod preflight;
+pub mod resources;
 pub mod rbac;
 pub mod telemetry;
 

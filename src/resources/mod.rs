@@ -1,0 +1,26 @@
+//! Pure builders: a validated Credential (and what the Secret already holds) in, the Secret to
+//! apply out. No API client here, so every decision is testable with a fixture.
+
+pub mod keyset;
+pub mod random;
+pub mod schedule;
+pub mod secret;
+
+/// `app.kubernetes.io/managed-by` on every Secret Bulkhead manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "bulkhead";
+/// The Credential a managed Secret belongs to.
+pub const CREDENTIAL_LABEL: &str = "bulkhead.dev/credential";
+/// Journal: when the value last changed (RFC 3339).
+pub const ROTATED_AT: &str = "bulkhead.dev/rotated-at";
+/// Journal: identifier of the current value (a hash prefix, never the value).
+pub const KEY_ID: &str = "bulkhead.dev/key-id";
+/// Journal: the generator parameters that produced the value.
+pub const GENERATOR: &str = "bulkhead.dev/generator";
+/// Journal: the last `rotate-requested-at` value that was honoured.
+pub const HANDLED_REQUEST: &str = "bulkhead.dev/rotate-request-handled";
+/// Journal: the key id the restart targets were last restarted for.
+pub const RESTARTED_FOR: &str = "bulkhead.dev/restarted-for";
+/// Pod-template annotation that restarts a workload after a rotation.
+pub const RESTARTED_AT: &str = "bulkhead.dev/restarted-at";
