@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API call failed: {0}")]
-    Kube(#[source] kube::Error),
+    Kube(#[source] Box<kube::Error>),
 
     /// The API refused a call because the Role lacks a rule.
     #[error("forbidden: {action}; the Role lacks: {rule}. Grant it with {fix}")]
@@ -20,7 +20,7 @@ pub enum Error {
         rule: String,
         fix: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// The object's spec cannot be acted on; waits for the user to change it.
@@ -54,7 +54,7 @@ pub enum Error {
 
 impl From<kube::Error> for Error {
     fn from(err: kube::Error) -> Self {
-        Self::Kube(err)
+        Self::Kube(Box::new(err))
     }
 }
 
@@ -83,4 +83,18 @@ impl Error {
 /// Whether a kube error is an API status with this HTTP code.
 pub fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == code)
+}
+
+/// Turn a 403 into `Error::Forbidden` naming the missing rule and the fix; keep other errors.
+pub fn forbidden_as(err: kube::Error, action: impl Into<String>, rule: &str, fix: &str) -> Error {
+    if is_status(&err, 403) {
+        Error::Forbidden {
+            action: action.into(),
+            rule: rule.to_owned(),
+            fix: fix.to_owned(),
+            source: Box::new(err),
+        }
+    } else {
+        Error::from(err)
+    }
 }

@@ -33,7 +33,14 @@ pub struct LeaderConfig {
 /// The leadership signal and the task that maintains it.
 pub struct Leadership {
     receiver: watch::Receiver<bool>,
-    task: Option<JoinHandle<std::result::Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>>,
+    task: Option<
+        JoinHandle<
+            std::result::Result<
+                kube_lease_manager::LeaseManager,
+                kube_lease_manager::LeaseManagerError,
+            >,
+        >,
+    >,
     // Keeps an always-leader channel open when election is disabled.
     _always: Option<watch::Sender<bool>>,
 }
@@ -79,9 +86,13 @@ impl Leadership {
         if let Some(task) = task {
             match tokio::time::timeout(timeout, task).await {
                 Ok(Ok(Ok(_))) => tracing::info!("Lease released"),
-                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "releasing the Lease failed; a standby takes over when it expires"),
+                Ok(Ok(Err(err))) => {
+                    tracing::warn!(error = %err, "releasing the Lease failed; a standby takes over when it expires")
+                }
                 Ok(Err(err)) => tracing::warn!(error = %err, "leader-election task failed"),
-                Err(_) => tracing::warn!("releasing the Lease timed out; a standby takes over when it expires"),
+                Err(_) => tracing::warn!(
+                    "releasing the Lease timed out; a standby takes over when it expires"
+                ),
             }
         }
     }

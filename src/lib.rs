@@ -8,8 +8,8 @@ pub mod error;
 pub mod leader;
 pub mod operator;
 pub mod preflight;
-pub mod resources;
 pub mod rbac;
+pub mod resources;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -13,13 +13,13 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::Result;
 use crate::controller;
 use crate::controller::backoff;
 use crate::leader::{LeaderConfig, Leadership};
 use crate::preflight;
 use crate::rbac::{self, RbacOptions};
 use crate::telemetry::{Metrics, Readiness};
-use crate::Result;
 
 /// Everything `run` needs besides the client.
 #[derive(Clone, Debug)]
@@ -29,10 +29,17 @@ pub struct RunConfig {
     pub rbac: RbacOptions,
     /// How long in-flight reconciles may take to finish on shutdown.
     pub drain_timeout: Duration,
+    pub settings: controller::Settings,
 }
 
 /// Run the operator until `shutdown` is cancelled.
-pub async fn run(client: Client, config: RunConfig, metrics: Arc<Metrics>, readiness: Readiness, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    client: Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<()> {
     if !wait_for_preflight(&client, &config, &metrics, &readiness, &shutdown).await {
         return Ok(());
     }
@@ -40,9 +47,23 @@ pub async fn run(client: Client, config: RunConfig, metrics: Arc<Metrics>, readi
     let leader = leadership.subscribe();
     let instance = config.leader.identity.clone();
     let namespace = config.namespace.clone();
-    supervise(leader, shutdown, metrics.clone(), config.drain_timeout, move |stop| {
-        controller::run(client.clone(), namespace.clone(), metrics.clone(), instance.clone(), stop)
-    })
+    let settings = config.settings.clone();
+    supervise(
+        leader,
+        shutdown,
+        metrics.clone(),
+        config.drain_timeout,
+        move |stop| {
+            controller::run(
+                client.clone(),
+                namespace.clone(),
+                metrics.clone(),
+                instance.clone(),
+                settings.clone(),
+                stop,
+            )
+        },
+    )
     .await;
     leadership.release(Duration::from_secs(5)).await;
     Ok(())
@@ -61,11 +82,15 @@ async fn wait_for_preflight(
     loop {
         let result = preflight::run(client, &config.namespace, &required).await;
         let missing = result.rights.as_ref().map_or(0, |r| r.missing.len());
-        metrics.missing_rights.set(i64::try_from(missing).unwrap_or(i64::MAX));
         metrics
-            .excess_rights
-            .set(i64::try_from(result.rights.as_ref().map_or(0, |r| r.excess.len())).unwrap_or(i64::MAX));
-        metrics.crds_served.set(i64::from(result.crd_problems.is_empty()));
+            .missing_rights
+            .set(i64::try_from(missing).unwrap_or(i64::MAX));
+        metrics.excess_rights.set(
+            i64::try_from(result.rights.as_ref().map_or(0, |r| r.excess.len())).unwrap_or(i64::MAX),
+        );
+        metrics
+            .crds_served
+            .set(i64::from(result.crd_problems.is_empty()));
         metrics.preflight_ok.set(i64::from(result.is_ok()));
         if let Some(rights) = &result.rights {
             for extra in &rights.excess {
@@ -182,7 +207,10 @@ mod tests {
         })
     }
 
-    fn starter(p: Arc<Probe>) -> impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    fn starter(
+        p: Arc<Probe>,
+    ) -> impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>>
+    {
         move |stop: CancellationToken| {
             let p = p.clone();
             Box::pin(async move {
@@ -205,9 +233,19 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let shutdown = CancellationToken::new();
         let p = probe();
-        let task = tokio::spawn(supervise(rx, shutdown.clone(), Arc::new(Metrics::default()), Duration::from_secs(5), starter(p.clone())));
+        let task = tokio::spawn(supervise(
+            rx,
+            shutdown.clone(),
+            Arc::new(Metrics::default()),
+            Duration::from_secs(5),
+            starter(p.clone()),
+        ));
         settle().await;
-        assert_eq!(p.started.load(Ordering::SeqCst), 0, "a standby must not reconcile");
+        assert_eq!(
+            p.started.load(Ordering::SeqCst),
+            0,
+            "a standby must not reconcile"
+        );
 
         tx.send(true).unwrap();
         settle().await;
@@ -215,15 +253,27 @@ mod tests {
 
         tx.send(false).unwrap();
         settle().await;
-        assert_eq!(p.stopped.load(Ordering::SeqCst), 1, "losing the Lease stops the controllers");
+        assert_eq!(
+            p.stopped.load(Ordering::SeqCst),
+            1,
+            "losing the Lease stops the controllers"
+        );
 
         tx.send(true).unwrap();
         settle().await;
-        assert_eq!(p.started.load(Ordering::SeqCst), 2, "regaining the Lease restarts them");
+        assert_eq!(
+            p.started.load(Ordering::SeqCst),
+            2,
+            "regaining the Lease restarts them"
+        );
 
         shutdown.cancel();
         task.await.unwrap();
-        assert_eq!(p.stopped.load(Ordering::SeqCst), 2, "shutdown stops them before returning");
+        assert_eq!(
+            p.stopped.load(Ordering::SeqCst),
+            2,
+            "shutdown stops them before returning"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -231,7 +281,13 @@ mod tests {
         let (_tx, rx) = watch::channel(false);
         let shutdown = CancellationToken::new();
         let p = probe();
-        let task = tokio::spawn(supervise(rx, shutdown.clone(), Arc::new(Metrics::default()), Duration::from_secs(5), starter(p.clone())));
+        let task = tokio::spawn(supervise(
+            rx,
+            shutdown.clone(),
+            Arc::new(Metrics::default()),
+            Duration::from_secs(5),
+            starter(p.clone()),
+        ));
         shutdown.cancel();
         task.await.unwrap();
         assert_eq!(p.started.load(Ordering::SeqCst), 0);
@@ -243,20 +299,29 @@ mod tests {
         let shutdown = CancellationToken::new();
         let started = Arc::new(AtomicUsize::new(0));
         let s = started.clone();
-        let task = tokio::spawn(supervise(rx, shutdown.clone(), Arc::new(Metrics::default()), Duration::from_secs(3), move |_stop| {
-            let s = s.clone();
-            async move {
-                s.fetch_add(1, Ordering::SeqCst);
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-        }));
+        let task = tokio::spawn(supervise(
+            rx,
+            shutdown.clone(),
+            Arc::new(Metrics::default()),
+            Duration::from_secs(3),
+            move |_stop| {
+                let s = s.clone();
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            },
+        ));
         settle().await;
         assert_eq!(started.load(Ordering::SeqCst), 1);
         let before = tokio::time::Instant::now();
         shutdown.cancel();
         task.await.unwrap();
-        assert!(before.elapsed() >= Duration::from_secs(3), "waits the drain timeout, then aborts");
+        assert!(
+            before.elapsed() >= Duration::from_secs(3),
+            "waits the drain timeout, then aborts"
+        );
         assert!(before.elapsed() < Duration::from_secs(4));
     }
 }

@@ -57,7 +57,10 @@ impl Preflight {
         let mut out = String::new();
         let _ = writeln!(out, "namespace {namespace}:");
         if self.crd_problems.is_empty() {
-            let _ = writeln!(out, "  ok    CRDs tenants.bulkhead.dev and credentials.bulkhead.dev are served");
+            let _ = writeln!(
+                out,
+                "  ok    CRDs tenants.bulkhead.dev and credentials.bulkhead.dev are served"
+            );
         }
         for p in &self.crd_problems {
             let _ = writeln!(out, "  FAIL  {p}");
@@ -70,7 +73,10 @@ impl Preflight {
                 let _ = writeln!(out, "  ok    every needed right is granted");
             }
             for (grant, value) in &rights.missing {
-                let _ = writeln!(out, "  FAIL  missing right: {grant} (granted by chart value: {value})");
+                let _ = writeln!(
+                    out,
+                    "  FAIL  missing right: {grant} (granted by chart value: {value})"
+                );
             }
             for extra in &rights.excess {
                 let _ = writeln!(out, "  WARN  granted beyond need: {extra}");
@@ -110,7 +116,10 @@ where
 }
 
 /// Ask the API server which rules apply to us in the namespace.
-pub async fn review_rules(client: &Client, namespace: &str) -> Result<(Vec<GrantedRule>, bool), kube::Error> {
+pub async fn review_rules(
+    client: &Client,
+    namespace: &str,
+) -> Result<(Vec<GrantedRule>, bool), kube::Error> {
     let review = SelfSubjectRulesReview {
         spec: SelfSubjectRulesReviewSpec {
             namespace: Some(namespace.to_owned()),
@@ -120,7 +129,10 @@ pub async fn review_rules(client: &Client, namespace: &str) -> Result<(Vec<Grant
     // A self-review is one of the two cluster-level calls Bulkhead makes; it reveals only the
     // caller's own rights and is allowed to every authenticated user.
     let request = Request::new("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews")
-        .create(&PostParams::default(), serde_json::to_vec(&review).map_err(kube::Error::SerdeError)?)
+        .create(
+            &PostParams::default(),
+            serde_json::to_vec(&review).map_err(kube::Error::SerdeError)?,
+        )
         .map_err(kube::Error::BuildRequest)?;
     let answer: SelfSubjectRulesReview = client.request(request).await?;
     let status = answer.status.unwrap_or_default();
@@ -140,10 +152,16 @@ pub async fn review_rules(client: &Client, namespace: &str) -> Result<(Vec<Grant
 /// Run every preflight check.
 pub async fn run(client: &Client, namespace: &str, required: &[RoleRule]) -> Preflight {
     let mut preflight = Preflight::default();
-    preflight.crd_problems.extend(check_served::<Tenant>(client, namespace).await);
-    preflight.crd_problems.extend(check_served::<Credential>(client, namespace).await);
+    preflight
+        .crd_problems
+        .extend(check_served::<Tenant>(client, namespace).await);
+    preflight
+        .crd_problems
+        .extend(check_served::<Credential>(client, namespace).await);
     match review_rules(client, namespace).await {
-        Ok((granted, incomplete)) => preflight.rights = Some(rbac::compare(required, &granted, incomplete)),
+        Ok((granted, incomplete)) => {
+            preflight.rights = Some(rbac::compare(required, &granted, incomplete))
+        }
         Err(err) => preflight.review_error = Some(format!("SelfSubjectRulesReview failed: {err}")),
     }
     preflight

@@ -95,7 +95,7 @@ pub fn required_rules(opts: &RbacOptions) -> Vec<RoleRule> {
         rule(
             "coordination.k8s.io",
             &["leases"],
-            &[opts.lease_name.clone()],
+            std::slice::from_ref(&opts.lease_name),
             &["get", "patch"],
             "leader election renews its own Lease (src/leader.rs)",
             "leaderElection.leaseName",
@@ -127,7 +127,11 @@ pub fn required_rules(opts: &RbacOptions) -> Vec<RoleRule> {
             "rbac.watchManagedSecrets",
         ));
     }
-    for kind in [RestartKind::Deployment, RestartKind::StatefulSet, RestartKind::DaemonSet] {
+    for kind in [
+        RestartKind::Deployment,
+        RestartKind::StatefulSet,
+        RestartKind::DaemonSet,
+    ] {
         // An empty resourceNames list would grant every name: emit the rule only with names.
         let names: BTreeSet<String> = opts
             .restart_targets
@@ -161,7 +165,11 @@ pub struct Grant {
 
 impl std::fmt::Display for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let group = if self.group.is_empty() { "core" } else { &self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
         write!(f, "{} {}/{}", self.verb, group, self.resource)?;
         if let Some(name) = &self.name {
             write!(f, " (resourceNames: {name})")?;
@@ -220,10 +228,14 @@ impl GrantedRule {
         let resource_ok = self.resources.iter().any(|r| {
             r == "*"
                 || r == &grant.resource
-                || r.strip_suffix("/*").is_some_and(|base| grant.resource.starts_with(&format!("{base}/")))
+                || r.strip_suffix("/*")
+                    .is_some_and(|base| grant.resource.starts_with(&format!("{base}/")))
         });
         let name_ok = self.resource_names.is_empty()
-            || grant.name.as_ref().is_some_and(|n| self.resource_names.contains(n));
+            || grant
+                .name
+                .as_ref()
+                .is_some_and(|n| self.resource_names.contains(n));
         Self::matches(&self.api_groups, &grant.group)
             && resource_ok
             && Self::matches(&self.verbs, &grant.verb)
@@ -233,7 +245,9 @@ impl GrantedRule {
 
 /// Rules every authenticated user has (system:basic-user, system:discovery): never "excess".
 fn granted_to_everyone(rule: &GrantedRule) -> bool {
-    rule.api_groups.iter().all(|g| g == "authorization.k8s.io" || g == "authentication.k8s.io")
+    rule.api_groups
+        .iter()
+        .all(|g| g == "authorization.k8s.io" || g == "authentication.k8s.io")
         && rule.resources.iter().all(|r| {
             matches!(
                 r.as_str(),
@@ -327,7 +341,11 @@ fn describe_rule(g: &GrantedRule) -> String {
 /// The Role as YAML, each rule preceded by a comment naming the code that needs it.
 pub fn role_yaml(namespace: &str, name: &str, rules: &[RoleRule]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# The exact Role Bulkhead {} needs.", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        out,
+        "# The exact Role Bulkhead {} needs.",
+        env!("CARGO_PKG_VERSION")
+    );
     let _ = writeln!(out, "apiVersion: rbac.authorization.k8s.io/v1");
     let _ = writeln!(out, "kind: Role");
     let _ = writeln!(out, "metadata:");
@@ -376,7 +394,10 @@ mod tests {
     fn basic_user() -> GrantedRule {
         GrantedRule {
             api_groups: vec!["authorization.k8s.io".into()],
-            resources: vec!["selfsubjectaccessreviews".into(), "selfsubjectrulesreviews".into()],
+            resources: vec![
+                "selfsubjectaccessreviews".into(),
+                "selfsubjectrulesreviews".into(),
+            ],
             verbs: vec!["create".into()],
             ..GrantedRule::default()
         }
@@ -407,7 +428,10 @@ mod tests {
     #[test]
     fn restart_targets_are_pinned_by_name_and_absent_without_names() {
         let none = required_rules(&opts());
-        assert!(none.iter().all(|r| !r.api_groups.contains(&"apps".to_string())));
+        assert!(
+            none.iter()
+                .all(|r| !r.api_groups.contains(&"apps".to_string()))
+        );
         let rules = required_rules(&RbacOptions {
             restart_targets: vec![
                 (RestartKind::Deployment, "api".into()),
@@ -520,8 +544,15 @@ mod tests {
         }
         let role: Role = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(role.kind, "Role");
-        let parsed: Vec<_> = role.rules.iter().map(|r| (&r.resources, &r.verbs, &r.resource_names)).collect();
-        let expected: Vec<_> = rules.iter().map(|r| (&r.resources, &r.verbs, &r.resource_names)).collect();
+        let parsed: Vec<_> = role
+            .rules
+            .iter()
+            .map(|r| (&r.resources, &r.verbs, &r.resource_names))
+            .collect();
+        let expected: Vec<_> = rules
+            .iter()
+            .map(|r| (&r.resources, &r.verbs, &r.resource_names))
+            .collect();
         assert_eq!(parsed, expected);
         assert_eq!(yaml.matches("\n  # ").count(), rules.len());
     }

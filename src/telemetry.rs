@@ -39,7 +39,9 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
             "--log-level {level:?} is not a valid filter ({e}); use e.g. info or bulkhead=debug,kube=warn"
         ))
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder
             .json()
@@ -99,23 +101,32 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("bulkhead");
         let reconciles = Family::<ControllerLabels, Counter>::default();
-        registry.register("reconcile", "Reconcile runs per controller", reconciles.clone());
+        registry.register(
+            "reconcile",
+            "Reconcile runs per controller",
+            reconciles.clone(),
+        );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
             "Failed reconcile runs per controller and error label",
             reconcile_errors.clone(),
         );
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 14))
-        });
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            });
         registry.register(
             "reconcile_duration_seconds",
             "Reconcile duration per controller",
             reconcile_duration.clone(),
         );
         let leader = Gauge::default();
-        registry.register("leader", "1 while this instance holds the Lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this instance holds the Lease",
+            leader.clone(),
+        );
         let preflight_ok = Gauge::default();
         registry.register(
             "preflight_ok",
@@ -146,7 +157,8 @@ impl Default for Metrics {
             "Credential rotations performed, by credential type",
             rotations.clone(),
         );
-        let next_rotation = Family::<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let next_rotation =
+            Family::<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "credential_next_rotation_timestamp_seconds",
             "Unix time of each credential's next scheduled rotation",
@@ -186,10 +198,17 @@ impl Metrics {
     }
 
     /// Record one reconcile run.
-    pub fn observe_reconcile(&self, controller: &'static str, elapsed: Duration, error: Option<&'static str>) {
+    pub fn observe_reconcile(
+        &self,
+        controller: &'static str,
+        elapsed: Duration,
+        error: Option<&'static str>,
+    ) {
         let labels = ControllerLabels { controller };
         self.reconciles.get_or_create(&labels).inc();
-        self.reconcile_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         if let Some(error) = error {
             self.reconcile_errors
                 .get_or_create(&ErrorLabels { controller, error })
@@ -205,7 +224,9 @@ pub struct Readiness(Arc<Mutex<Option<String>>>);
 impl Readiness {
     /// A fresh readiness state that is not ready yet.
     pub fn starting() -> Self {
-        Self(Arc::new(Mutex::new(Some("starting: preflight has not run yet".to_owned()))))
+        Self(Arc::new(Mutex::new(Some(
+            "starting: preflight has not run yet".to_owned(),
+        ))))
     }
 
     pub fn set_ready(&self) {
@@ -218,7 +239,10 @@ impl Readiness {
 
     /// `None` when ready.
     pub fn reason(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -235,7 +259,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     match state.readiness.reason() {
         None => (StatusCode::OK, "ok\n".to_owned()),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -265,9 +292,15 @@ pub fn metrics_router(metrics: Arc<Metrics>, readiness: Readiness) -> Router {
 }
 
 /// Bind and serve a router until `shutdown` is cancelled. Binding errors are returned at once.
-pub async fn serve(addr: SocketAddr, router: Router, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
-        crate::Error::Usage(format!("cannot listen on {addr}: {e}; pick a free address with --metrics-addr/--probe-addr"))
+        crate::Error::Usage(format!(
+            "cannot listen on {addr}: {e}; pick a free address with --metrics-addr/--probe-addr"
+        ))
     })?;
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, router)

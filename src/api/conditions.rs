@@ -148,7 +148,12 @@ mod tests {
 
     #[test]
     fn new_condition_is_a_transition_with_the_current_time() {
-        let desired = [DesiredCondition::new("Ready", ConditionStatus::True, "Ok", "fine")];
+        let desired = [DesiredCondition::new(
+            "Ready",
+            ConditionStatus::True,
+            "Ok",
+            "fine",
+        )];
         let (conds, transitions) = merge(&[], &desired, Some(3), at(100));
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].status, "True");
@@ -160,9 +165,19 @@ mod tests {
 
     #[test]
     fn same_status_keeps_transition_time_but_updates_message() {
-        let first = [DesiredCondition::new("Ready", ConditionStatus::False, "A", "one")];
+        let first = [DesiredCondition::new(
+            "Ready",
+            ConditionStatus::False,
+            "A",
+            "one",
+        )];
         let (conds, _) = merge(&[], &first, Some(1), at(100));
-        let second = [DesiredCondition::new("Ready", ConditionStatus::False, "B", "two")];
+        let second = [DesiredCondition::new(
+            "Ready",
+            ConditionStatus::False,
+            "B",
+            "two",
+        )];
         let (conds, transitions) = merge(&conds, &second, Some(2), at(200));
         assert!(transitions.is_empty());
         assert_eq!(conds[0].last_transition_time, Time(at(100)));
@@ -173,9 +188,19 @@ mod tests {
 
     #[test]
     fn status_change_moves_transition_time_and_reports_it() {
-        let first = [DesiredCondition::new("Ready", ConditionStatus::False, "A", "one")];
+        let first = [DesiredCondition::new(
+            "Ready",
+            ConditionStatus::False,
+            "A",
+            "one",
+        )];
         let (conds, _) = merge(&[], &first, Some(1), at(100));
-        let second = [DesiredCondition::new("Ready", ConditionStatus::True, "Ok", "ok")];
+        let second = [DesiredCondition::new(
+            "Ready",
+            ConditionStatus::True,
+            "Ok",
+            "ok",
+        )];
         let (conds, transitions) = merge(&conds, &second, Some(1), at(300));
         assert_eq!(conds[0].last_transition_time, Time(at(300)));
         assert_eq!(transitions.len(), 1);
@@ -185,9 +210,19 @@ mod tests {
 
     #[test]
     fn conditions_of_other_types_are_kept() {
-        let first = [DesiredCondition::new("Other", ConditionStatus::True, "A", "a")];
+        let first = [DesiredCondition::new(
+            "Other",
+            ConditionStatus::True,
+            "A",
+            "a",
+        )];
         let (conds, _) = merge(&[], &first, None, at(1));
-        let second = [DesiredCondition::new("Ready", ConditionStatus::True, "B", "b")];
+        let second = [DesiredCondition::new(
+            "Ready",
+            ConditionStatus::True,
+            "B",
+            "b",
+        )];
         let (conds, _) = merge(&conds, &second, None, at(2));
         assert!(conds.is_true("Other"));
         assert!(conds.is_true("Ready"));

@@ -3,6 +3,9 @@
 //! The spec is a discriminated union: `type` names the one source block that must be set.
 //! Identity fields (`type`, `secretName`) are immutable so a spec edit can never orphan a Secret.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` trips this lint; the attributes differ.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -36,10 +39,27 @@ pub const ROTATE_REQUESTED_AT: &str = "bulkhead.dev/rotate-requested-at";
     derive = "PartialEq",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Last Rotation", type_ = "date", json_path = ".status.lastRotationTime"),
-    printcolumn(name = "Next Rotation", type_ = "string", json_path = ".status.nextRotationTime", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Last Rotation",
+        type_ = "date",
+        json_path = ".status.lastRotationTime"
+    ),
+    printcolumn(
+        name = "Next Rotation",
+        type_ = "string",
+        json_path = ".status.nextRotationTime",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("has(self.random) == (self.type == 'Random')").message("spec.random must be set when spec.type is Random, and only then"),
@@ -151,7 +171,9 @@ impl Default for RandomSpec {
 }
 
 /// Alphabet of a Random credential.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Alphabet {
     /// A-Z, a-z, 0-9.
@@ -249,7 +271,19 @@ pub struct RestartTarget {
 }
 
 /// Kinds of workload that can be restarted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 pub enum RestartKind {
     Deployment,
     StatefulSet,
@@ -268,7 +302,9 @@ impl RestartKind {
 }
 
 /// What happens to the Secret when its Credential is deleted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum DeletionPolicy {
     /// The Secret is garbage-collected with the Credential.
     #[default]

@@ -43,7 +43,9 @@ pub fn parse(value: &str) -> Result<Duration, ParseDurationError> {
         let part = number
             .checked_mul(millis_per_unit)
             .ok_or_else(|| err("it is too long"))?;
-        total = total.checked_add(part).ok_or_else(|| err("it is too long"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| err("it is too long"))?;
         rest = tail;
     }
     Ok(Duration::from_millis(total))
@@ -99,7 +101,10 @@ mod tests {
         ] {
             let err = parse(input).unwrap_err();
             assert_eq!(err.why, why, "input {input:?}");
-            assert!(err.to_string().contains("720h"), "the message shows the fix");
+            assert!(
+                err.to_string().contains("720h"),
+                "the message shows the fix"
+            );
         }
     }
 

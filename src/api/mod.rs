@@ -68,7 +68,10 @@ pub fn aggregated_cluster_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole
             name: Some(name.to_owned()),
             labels: Some(
                 [
-                    (format!("rbac.authorization.k8s.io/{aggregate_to}"), "true".to_owned()),
+                    (
+                        format!("rbac.authorization.k8s.io/{aggregate_to}"),
+                        "true".to_owned(),
+                    ),
                     ("app.kubernetes.io/name".to_owned(), "bulkhead".to_owned()),
                 ]
                 .into_iter()
@@ -88,8 +91,21 @@ pub fn aggregated_cluster_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole
         role(
             "bulkhead-edit",
             "aggregate-to-edit",
-            &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+            &[
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
+            ],
         ),
-        role("bulkhead-view", "aggregate-to-view", &["get", "list", "watch"]),
+        role(
+            "bulkhead-view",
+            "aggregate-to-view",
+            &["get", "list", "watch"],
+        ),
     ]
 }

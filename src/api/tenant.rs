@@ -3,6 +3,9 @@
 //! The singleton rule is enforced at admission by CEL on `metadata.name`, so a second Tenant in
 //! the namespace is refused by the API server rather than fought over by controllers.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` trips this lint; the attributes differ.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -141,7 +144,9 @@ pub struct IdentityStatus {
 }
 
 /// Credential counts for the tenant's status.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialCounts {
     /// Credentials in the namespace.

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use kube::runtime::reflector::ObjectRef;
 use kube::core::DynamicObject;
+use kube::runtime::reflector::ObjectRef;
 
 /// First retry delay.
 pub const INITIAL: Duration = Duration::from_secs(1);

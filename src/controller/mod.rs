@@ -6,21 +6,25 @@
 //! watched once per kind.
 
 pub mod backoff;
+pub mod credential;
+pub mod restart;
 pub mod tenant;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller::Action, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::conditions::{ConditionStatus, Transition};
 use crate::api::{Credential, Tenant};
+use crate::resources;
 use crate::telemetry::Metrics;
 use crate::{Error, Result};
 pub use backoff::Backoff;
@@ -39,10 +43,36 @@ pub struct Context {
     pub recorder: Recorder,
     pub credentials: Store<Credential>,
     pub backoff: Backoff,
+    pub settings: Settings,
+}
+
+/// Controller settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a managed Secret is re-read to repair drift (without a Secret watch).
+    pub drift_check: Duration,
+    /// Watch managed Secrets (label-selected) to repair drift at once.
+    pub watch_managed_secrets: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            drift_check: Duration::from_secs(10 * 60),
+            watch_managed_secrets: false,
+        }
+    }
 }
 
 impl Context {
-    pub fn new(client: Client, namespace: String, metrics: Arc<Metrics>, instance: String, credentials: Store<Credential>) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: String,
+        metrics: Arc<Metrics>,
+        instance: String,
+        credentials: Store<Credential>,
+        settings: Settings,
+    ) -> Self {
         let reporter = Reporter {
             controller: EVENT_CONTROLLER.to_owned(),
             instance: Some(instance),
@@ -54,6 +84,7 @@ impl Context {
             metrics,
             credentials,
             backoff: Backoff::default(),
+            settings,
         }
     }
 
@@ -65,8 +96,14 @@ impl Context {
     }
 
     /// Publish an Event about an object; failures are logged, never fatal (Events are advisory).
-    pub async fn publish<K>(&self, object: &K, type_: EventType, reason: &str, action: &str, note: String)
-    where
+    pub async fn publish<K>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
         K: Resource<DynamicType = ()>,
     {
         let event = Event {
@@ -83,22 +120,36 @@ impl Context {
 
     /// One Event per condition transition. `Ready` going False and problems going True are
     /// Warnings; everything else is Normal.
-    pub async fn publish_transitions<K>(&self, object: &K, transitions: &[Transition], problems: &[&str])
-    where
+    pub async fn publish_transitions<K>(
+        &self,
+        object: &K,
+        transitions: &[Transition],
+        problems: &[&str],
+    ) where
         K: Resource<DynamicType = ()>,
     {
         for t in transitions {
             let warning = (t.type_ == "Ready" && t.to == ConditionStatus::False)
                 || (problems.contains(&t.type_) && t.to == ConditionStatus::True);
-            let type_ = if warning { EventType::Warning } else { EventType::Normal };
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
             let note = format!("{} is {}: {}", t.type_, t.to.as_str(), t.message);
-            self.publish(object, type_, &t.reason, "Reconcile", note).await;
+            self.publish(object, type_, &t.reason, "Reconcile", note)
+                .await;
         }
     }
 }
 
 /// Wrap a reconcile with metrics, span fields and the per-object backoff bookkeeping.
-pub async fn instrumented<K, F, Fut>(controller: &'static str, object: Arc<K>, ctx: Arc<Context>, reconcile: F) -> Result<Action>
+pub async fn instrumented<K, F, Fut>(
+    controller: &'static str,
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action>
 where
     K: Resource<DynamicType = ()>,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
@@ -107,8 +158,11 @@ where
     let key = ObjectRef::from_obj(object.as_ref()).erase();
     let started = Instant::now();
     let outcome = reconcile(object, ctx.clone()).await;
-    ctx.metrics
-        .observe_reconcile(controller, started.elapsed(), outcome.as_ref().err().map(Error::metric_label));
+    ctx.metrics.observe_reconcile(
+        controller,
+        started.elapsed(),
+        outcome.as_ref().err().map(Error::metric_label),
+    );
     if outcome.is_ok() {
         ctx.backoff.reset(&key);
     }
@@ -133,14 +187,25 @@ where
 }
 
 /// Run every controller until `shutdown` is cancelled.
-pub async fn run(client: Client, namespace: String, metrics: Arc<Metrics>, instance: String, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    client: Client,
+    namespace: String,
+    metrics: Arc<Metrics>,
+    instance: String,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let credentials_api: Api<Credential> = Api::namespaced(client.clone(), &namespace);
     let tenants_api: Api<Tenant> = Api::namespaced(client.clone(), &namespace);
 
     let (reader, writer) = reflector::store_shared::<Credential>(256);
-    let credential_changes = writer
-        .subscribe()
-        .ok_or_else(|| Error::Config("shared Credential store has no subscriber handle".to_owned()))?;
+    let subscribe = |w: &reflector::store::Writer<Credential>| {
+        w.subscribe().ok_or_else(|| {
+            Error::Config("shared Credential store has no subscriber handle".to_owned())
+        })
+    };
+    let credential_changes = subscribe(&writer)?;
+    let credentials_to_reconcile = subscribe(&writer)?;
     // Drives the one Credential watch of this instance; subscribers see every applied object.
     let credential_watch = watcher(credentials_api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -152,7 +217,37 @@ pub async fn run(client: Client, namespace: String, metrics: Arc<Metrics>, insta
             future::ready(())
         });
 
-    let ctx = Arc::new(Context::new(client, namespace, metrics, instance, reader));
+    let watch_secrets = settings.watch_managed_secrets;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        namespace.clone(),
+        metrics,
+        instance,
+        reader.clone(),
+        settings,
+    ));
+
+    let mut credential_controller = Controller::for_shared_stream(credentials_to_reconcile, reader);
+    if watch_secrets {
+        // Opt-in: needs list/watch on Secrets (rbac.watchManagedSecrets).
+        let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+        let selector = format!("{}={}", resources::MANAGED_BY_LABEL, resources::MANAGED_BY);
+        let ns = namespace.clone();
+        credential_controller = credential_controller.watches(
+            secrets,
+            watcher::Config::default().labels(&selector),
+            move |secret| {
+                secret
+                    .labels()
+                    .get(resources::CREDENTIAL_LABEL)
+                    .map(|name| ObjectRef::new(name).within(&ns))
+            },
+        );
+    }
+    let credential_controller = credential_controller
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(credential::reconcile, error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
 
     let tenant_controller = Controller::new(tenants_api, watcher::Config::default().any_semantic())
         .reconcile_all_on(credential_changes.map(|_| ()))
@@ -162,11 +257,9 @@ pub async fn run(client: Client, namespace: String, metrics: Arc<Metrics>, insta
 
     tokio::select! {
         () = tenant_controller => {}
+        () = credential_controller => {}
         () = credential_watch => {}
         () = shutdown.cancelled() => {}
     }
     Ok(())
 }
-
-/// Re-check interval for objects that wait for nothing in particular.
-pub const RECHECK: Duration = Duration::from_secs(10 * 60);

@@ -13,13 +13,15 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::{Context, FIELD_MANAGER, instrumented};
+use crate::Result;
 use crate::api::conditions::{self, ConditionSet, ConditionStatus, DesiredCondition, Transition};
 use crate::api::tenant::{CredentialCounts, TenantStatus, condition};
 use crate::api::{Credential, TENANT_NAME, Tenant};
-use crate::Result;
 
 /// Count Credentials and those that are Ready.
-pub fn credential_counts<'a>(credentials: impl IntoIterator<Item = &'a Credential>) -> CredentialCounts {
+pub fn credential_counts<'a>(
+    credentials: impl IntoIterator<Item = &'a Credential>,
+) -> CredentialCounts {
     let mut counts = CredentialCounts::default();
     for c in credentials {
         counts.total = counts.total.saturating_add(1);
@@ -77,11 +79,19 @@ pub fn desired_conditions(tenant: &Tenant, counts: CredentialCounts) -> Vec<Desi
 
 /// Build the desired status from the current one: conditions merged with metav1.Condition
 /// semantics, counts refreshed. Returns the transitions for Events.
-pub fn desired_status(tenant: &Tenant, counts: CredentialCounts, now: Timestamp) -> (TenantStatus, Vec<Transition>) {
+pub fn desired_status(
+    tenant: &Tenant,
+    counts: CredentialCounts,
+    now: Timestamp,
+) -> (TenantStatus, Vec<Transition>) {
     let current = tenant.status.clone().unwrap_or_default();
     let generation = tenant.metadata.generation;
-    let (conditions, transitions) =
-        conditions::merge(&current.conditions, &desired_conditions(tenant, counts), generation, now);
+    let (conditions, transitions) = conditions::merge(
+        &current.conditions,
+        &desired_conditions(tenant, counts),
+        generation,
+        now,
+    );
     let status = TenantStatus {
         observed_generation: generation,
         conditions,
@@ -94,7 +104,8 @@ pub fn desired_status(tenant: &Tenant, counts: CredentialCounts, now: Timestamp)
 /// Reconcile one Tenant.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
     let span = tracing::info_span!("reconcile", namespace = %ctx.namespace, kind = "Tenant", name = %tenant.name_any());
-    tracing::Instrument::instrument(instrumented("tenant", tenant, ctx, reconcile_inner), span).await
+    tracing::Instrument::instrument(instrumented("tenant", tenant, ctx, reconcile_inner), span)
+        .await
 }
 
 async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
@@ -108,11 +119,16 @@ async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Actio
             "status": status,
         });
         ctx.api::<Tenant>()
-            .patch_status(&tenant.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .patch_status(
+                &tenant.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await?;
         tracing::debug!(?counts, "Tenant status updated");
     }
-    ctx.publish_transitions(tenant.as_ref(), &transitions, &[]).await;
+    ctx.publish_transitions(tenant.as_ref(), &transitions, &[])
+        .await;
     // Credential changes trigger a reconcile of every Tenant; nothing else is time-driven yet.
     Ok(Action::await_change())
 }
@@ -120,7 +136,9 @@ async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::credential::{CredentialSpec, CredentialStatus, CredentialType, DeletionPolicy};
+    use crate::api::credential::{
+        CredentialSpec, CredentialStatus, CredentialType, DeletionPolicy,
+    };
     use crate::api::tenant::{ControlPlaneSpec, TenantSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -173,19 +191,40 @@ mod tests {
 
     #[test]
     fn counts_ready_credentials() {
-        let creds = [credential(Some(true)), credential(Some(false)), credential(None), credential(Some(true))];
-        assert_eq!(credential_counts(creds.iter()), CredentialCounts { total: 4, ready: 2 });
-        assert_eq!(credential_counts([].iter()), CredentialCounts { total: 0, ready: 0 });
+        let creds = [
+            credential(Some(true)),
+            credential(Some(false)),
+            credential(None),
+            credential(Some(true)),
+        ];
+        assert_eq!(
+            credential_counts(creds.iter()),
+            CredentialCounts { total: 4, ready: 2 }
+        );
+        assert_eq!(
+            credential_counts([].iter()),
+            CredentialCounts { total: 0, ready: 0 }
+        );
     }
 
     #[test]
     fn local_only_tenant_is_ready_with_counts_and_generation() {
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let (status, transitions) = desired_status(&tenant("tenant", false), CredentialCounts { total: 3, ready: 2 }, now);
+        let (status, transitions) = desired_status(
+            &tenant("tenant", false),
+            CredentialCounts { total: 3, ready: 2 },
+            now,
+        );
         assert_eq!(status.observed_generation, Some(4));
-        assert_eq!(status.credentials, Some(CredentialCounts { total: 3, ready: 2 }));
+        assert_eq!(
+            status.credentials,
+            Some(CredentialCounts { total: 3, ready: 2 })
+        );
         let ready = status.conditions.find("Ready").unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "LocalOnly"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "LocalOnly")
+        );
         assert!(ready.message.contains("2 of 3 credentials ready"));
         assert_eq!(ready.observed_generation, Some(4));
         assert_eq!(transitions.len(), 1);
@@ -206,7 +245,11 @@ mod tests {
 
     #[test]
     fn misnamed_tenant_is_not_ready_and_says_how_to_fix() {
-        let (status, _) = desired_status(&tenant("other", false), CredentialCounts::default(), Timestamp::UNIX_EPOCH);
+        let (status, _) = desired_status(
+            &tenant("other", false),
+            CredentialCounts::default(),
+            Timestamp::UNIX_EPOCH,
+        );
         let ready = status.conditions.find("Ready").unwrap();
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "NotSingleton");
@@ -215,8 +258,19 @@ mod tests {
 
     #[test]
     fn control_plane_tenant_reports_the_missing_link() {
-        let (status, _) = desired_status(&tenant("tenant", true), CredentialCounts::default(), Timestamp::UNIX_EPOCH);
+        let (status, _) = desired_status(
+            &tenant("tenant", true),
+            CredentialCounts::default(),
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(status.conditions.find("Ready").unwrap().status, "False");
-        assert_eq!(status.conditions.find("ControlPlaneConnected").unwrap().status, "Unknown");
+        assert_eq!(
+            status
+                .conditions
+                .find("ControlPlaneConnected")
+                .unwrap()
+                .status,
+            "Unknown"
+        );
     }
 }

@@ -87,7 +87,11 @@ mod tests {
             assert_eq!(keys[&primary(&keys).unwrap()], before[&0], "round {round}");
             // The previous primary is still there to decrypt.
             let old_primary = primary(&before).unwrap();
-            assert_eq!(keys.get(&old_primary), before.get(&old_primary), "round {round}");
+            assert_eq!(
+                keys.get(&old_primary),
+                before.get(&old_primary),
+                "round {round}"
+            );
             assert!(keys.len() <= 3);
             assert!(is_well_formed(&keys, 3));
             assert_ne!(keys[&0], before[&0], "a fresh staged key each rotation");

@@ -35,7 +35,11 @@ pub fn characters(alphabet: Alphabet) -> &'static [u8] {
 }
 
 /// A random string of `length` characters from `alphabet`.
-pub fn random_string(entropy: &mut dyn Entropy, length: usize, alphabet: Alphabet) -> Result<String, getrandom::Error> {
+pub fn random_string(
+    entropy: &mut dyn Entropy,
+    length: usize,
+    alphabet: Alphabet,
+) -> Result<String, getrandom::Error> {
     let chars = characters(alphabet);
     let n = chars.len();
     // Accept a byte only below the largest multiple of n that fits in a byte: uniform.
@@ -98,7 +102,10 @@ pub(crate) mod tests {
             for length in [8, 9, 63, 64, 65, 4096] {
                 let s = random_string(&mut OsEntropy, length, alphabet).unwrap();
                 assert_eq!(s.len(), length);
-                assert!(s.bytes().all(|c| characters(alphabet).contains(&c)), "{alphabet:?}: {s}");
+                assert!(
+                    s.bytes().all(|c| characters(alphabet).contains(&c)),
+                    "{alphabet:?}: {s}"
+                );
             }
         }
     }
@@ -144,7 +151,10 @@ pub(crate) mod tests {
                 d * d / expected
             })
             .sum();
-        assert!(chi2 < 118.0, "chi-squared {chi2} says the characters are not uniform");
+        assert!(
+            chi2 < 118.0,
+            "chi-squared {chi2} says the characters are not uniform"
+        );
     }
 
     #[test]
@@ -157,15 +167,23 @@ pub(crate) mod tests {
             counts[usize::from(b) % 62] += 1;
         }
         let expected = 620_000.0 / 62.0;
-        let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
-        assert!(chi2 > 118.0, "the chi-squared check must be able to see modulo bias ({chi2})");
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(
+            chi2 > 118.0,
+            "the chi-squared check must be able to see modulo bias ({chi2})"
+        );
     }
 
     #[test]
     fn fernet_keys_are_32_bytes_url_safe() {
         let key = fernet_key(&mut OsEntropy).unwrap();
         assert_eq!(key.len(), 44);
-        let raw = base64::engine::general_purpose::URL_SAFE.decode(&key).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE
+            .decode(&key)
+            .unwrap();
         assert_eq!(raw.len(), 32);
         assert!(!key.contains('+') && !key.contains('/'));
         assert_ne!(key, fernet_key(&mut OsEntropy).unwrap());

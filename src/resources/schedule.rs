@@ -54,7 +54,9 @@ pub fn next_after(policy: &Policy, last: Timestamp) -> Option<Timestamp> {
         }
         Policy::Schedule(cron) => {
             let zoned = last.to_zoned(TimeZone::UTC);
-            cron.find_next_occurrence(&zoned, false).ok().map(|z| z.timestamp())
+            cron.find_next_occurrence(&zoned, false)
+                .ok()
+                .map(|z| z.timestamp())
         }
     }
 }
@@ -68,51 +70,102 @@ mod tests {
     }
 
     fn every(s: &str) -> RotationSpec {
-        RotationSpec { every: Some(s.into()), schedule: None, keep_previous: true }
+        RotationSpec {
+            every: Some(s.into()),
+            schedule: None,
+            keep_previous: true,
+        }
     }
 
     fn cron(s: &str) -> RotationSpec {
-        RotationSpec { every: None, schedule: Some(s.into()), keep_previous: true }
+        RotationSpec {
+            every: None,
+            schedule: Some(s.into()),
+            keep_previous: true,
+        }
     }
 
     #[test]
     fn every_counts_from_the_last_rotation() {
         let p = policy(&every("720h")).unwrap();
-        assert_eq!(next_after(&p, ts("2026-01-01T00:00:00Z")), Some(ts("2026-01-31T00:00:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-01-01T00:00:00Z")),
+            Some(ts("2026-01-31T00:00:00Z"))
+        );
         let p = policy(&every("90m")).unwrap();
-        assert_eq!(next_after(&p, ts("2026-03-29T00:30:00Z")), Some(ts("2026-03-29T02:00:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-03-29T00:30:00Z")),
+            Some(ts("2026-03-29T02:00:00Z"))
+        );
     }
 
     #[test]
     fn schedule_is_strictly_after_and_in_utc() {
         let p = policy(&cron("0 3 * * 1")).unwrap();
         // 2026-11-23 is a Monday.
-        assert_eq!(next_after(&p, ts("2026-11-22T12:00:00Z")), Some(ts("2026-11-23T03:00:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-11-22T12:00:00Z")),
+            Some(ts("2026-11-23T03:00:00Z"))
+        );
         // Exactly at a match: the next one, a week later (never rotate twice for one slot).
-        assert_eq!(next_after(&p, ts("2026-11-23T03:00:00Z")), Some(ts("2026-11-30T03:00:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-11-23T03:00:00Z")),
+            Some(ts("2026-11-30T03:00:00Z"))
+        );
         // The European DST switch night (2026-03-29) changes nothing in UTC.
         let p = policy(&cron("30 1 * * *")).unwrap();
-        assert_eq!(next_after(&p, ts("2026-03-29T00:00:00Z")), Some(ts("2026-03-29T01:30:00Z")));
-        assert_eq!(next_after(&p, ts("2026-10-25T01:30:00Z")), Some(ts("2026-10-26T01:30:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-03-29T00:00:00Z")),
+            Some(ts("2026-03-29T01:30:00Z"))
+        );
+        assert_eq!(
+            next_after(&p, ts("2026-10-25T01:30:00Z")),
+            Some(ts("2026-10-26T01:30:00Z"))
+        );
     }
 
     #[test]
     fn schedule_edges_month_end_leap_day_and_year_end() {
         let p = policy(&cron("0 0 29 2 *")).unwrap();
-        assert_eq!(next_after(&p, ts("2026-03-01T00:00:00Z")), Some(ts("2028-02-29T00:00:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-03-01T00:00:00Z")),
+            Some(ts("2028-02-29T00:00:00Z"))
+        );
         let p = policy(&cron("59 23 31 12 *")).unwrap();
-        assert_eq!(next_after(&p, ts("2026-12-31T23:59:00Z")), Some(ts("2027-12-31T23:59:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-12-31T23:59:00Z")),
+            Some(ts("2027-12-31T23:59:00Z"))
+        );
         let p = policy(&cron("*/15 * * * *")).unwrap();
-        assert_eq!(next_after(&p, ts("2026-12-31T23:50:00Z")), Some(ts("2027-01-01T00:00:00Z")));
+        assert_eq!(
+            next_after(&p, ts("2026-12-31T23:50:00Z")),
+            Some(ts("2027-01-01T00:00:00Z"))
+        );
     }
 
     #[test]
     fn bad_policies_name_the_field() {
-        assert!(policy(&every("30s")).unwrap_err().contains("spec.rotation.every"));
-        assert!(policy(&every("soon")).unwrap_err().contains("spec.rotation.every"));
+        assert!(
+            policy(&every("30s"))
+                .unwrap_err()
+                .contains("spec.rotation.every")
+        );
+        assert!(
+            policy(&every("soon"))
+                .unwrap_err()
+                .contains("spec.rotation.every")
+        );
         assert!(policy(&cron("0 3 * *")).unwrap_err().contains("5 fields"));
-        assert!(policy(&cron("0 25 * * *")).unwrap_err().contains("spec.rotation.schedule"));
-        let both = RotationSpec { every: Some("1h".into()), schedule: Some("* * * * *".into()), keep_previous: true };
+        assert!(
+            policy(&cron("0 25 * * *"))
+                .unwrap_err()
+                .contains("spec.rotation.schedule")
+        );
+        let both = RotationSpec {
+            every: Some("1h".into()),
+            schedule: Some("* * * * *".into()),
+            keep_previous: true,
+        };
         assert!(policy(&both).unwrap_err().contains("exactly one"));
     }
 }

@@ -16,7 +16,10 @@ use sha2::{Digest, Sha256};
 use super::keyset::{self, KeySet};
 use super::random::{self, Entropy};
 use super::schedule;
-use super::{CREDENTIAL_LABEL, GENERATOR, HANDLED_REQUEST, KEY_ID, MANAGED_BY, MANAGED_BY_LABEL, RESTARTED_FOR, ROTATED_AT};
+use super::{
+    CREDENTIAL_LABEL, GENERATOR, HANDLED_REQUEST, KEY_ID, MANAGED_BY, MANAGED_BY_LABEL,
+    RESTARTED_FOR, ROTATED_AT,
+};
 use crate::api::credential::{Credential, CredentialType, DeletionPolicy, ROTATE_REQUESTED_AT};
 
 /// Data key of a Random credential's value.
@@ -34,11 +37,17 @@ pub enum Ownership {
 
 /// Whether the Secret is this Credential's.
 pub fn ownership(credential: &Credential, secret: Option<&Secret>) -> Ownership {
-    let Some(secret) = secret else { return Ownership::Missing };
+    let Some(secret) = secret else {
+        return Ownership::Missing;
+    };
     let labels = secret.labels();
     let managed = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
         && labels.get(CREDENTIAL_LABEL).map(String::as_str) == Some(credential.name_any().as_str());
-    if managed { Ownership::Managed } else { Ownership::Foreign }
+    if managed {
+        Ownership::Managed
+    } else {
+        Ownership::Foreign
+    }
 }
 
 /// The rotation journal kept in the Secret's annotations.
@@ -109,7 +118,9 @@ impl Change {
             Self::Scheduled => "rotated on schedule",
             Self::Requested => "rotated on request",
             Self::SpecChanged => "rotated because the generator settings changed",
-            Self::Repaired => "rotated because the Secret's value was changed or removed outside Bulkhead",
+            Self::Repaired => {
+                "rotated because the Secret's value was changed or removed outside Bulkhead"
+            }
         }
     }
 }
@@ -156,11 +167,18 @@ fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
 }
 
 fn entropy_err(e: getrandom::Error) -> Refusal {
-    Refusal::Entropy(format!("the operating system's random number generator failed: {e}"))
+    Refusal::Entropy(format!(
+        "the operating system's random number generator failed: {e}"
+    ))
 }
 
 /// Decide what the Secret should hold now.
-pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, entropy: &mut dyn Entropy) -> Result<Plan, Refusal> {
+pub fn plan(
+    credential: &Credential,
+    secret: Option<&Secret>,
+    now: Timestamp,
+    entropy: &mut dyn Entropy,
+) -> Result<Plan, Refusal> {
     let spec = &credential.spec;
     let owned = ownership(credential, secret);
     if owned == Ownership::Foreign && !spec.adopt {
@@ -169,7 +187,12 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
             credential.secret_name()
         )));
     }
-    let policy = spec.rotation.as_ref().map(schedule::policy).transpose().map_err(Refusal::InvalidSpec)?;
+    let policy = spec
+        .rotation
+        .as_ref()
+        .map(schedule::policy)
+        .transpose()
+        .map_err(Refusal::InvalidSpec)?;
     let keep_previous = spec.rotation.as_ref().is_none_or(|r| r.keep_previous);
     let journal = match (owned, secret) {
         (Ownership::Managed, Some(s)) => Journal::read(s),
@@ -177,7 +200,8 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
     };
     let current = string_data(secret);
     let request = credential.annotations().get(ROTATE_REQUESTED_AT).cloned();
-    let requested = request.is_some() && request != journal.handled_request && owned == Ownership::Managed;
+    let requested =
+        request.is_some() && request != journal.handled_request && owned == Ownership::Managed;
     let due = |last: Option<Timestamp>| match (&policy, last) {
         (Some(p), Some(last)) => schedule::next_after(p, last).is_some_and(|next| now >= next),
         _ => false,
@@ -186,9 +210,12 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
     let (data, key, generator, change) = match spec.type_ {
         CredentialType::Random => {
             let r = spec.random.clone().unwrap_or_default();
-            let length = usize::try_from(r.length).map_err(|_| Refusal::InvalidSpec("spec.random.length is too large".into()))?;
+            let length = usize::try_from(r.length)
+                .map_err(|_| Refusal::InvalidSpec("spec.random.length is too large".into()))?;
             if !(8..=4096).contains(&length) {
-                return Err(Refusal::InvalidSpec(format!("spec.random.length must be 8 to 4096, not {length}")));
+                return Err(Refusal::InvalidSpec(format!(
+                    "spec.random.length must be 8 to 4096, not {length}"
+                )));
             }
             let generator = format!("Random/{length}/{:?}", r.alphabet).to_lowercase();
             let existing = current.get(VALUE).cloned();
@@ -197,8 +224,12 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
                 Ownership::Foreign => Some(Change::Adopted),
                 Ownership::Managed => match &existing {
                     None => Some(Change::Repaired),
-                    Some(v) if journal.key_id.as_deref() != Some(key_id(v).as_str()) => Some(Change::Repaired),
-                    Some(_) if journal.generator.as_deref() != Some(generator.as_str()) => Some(Change::SpecChanged),
+                    Some(v) if journal.key_id.as_deref() != Some(key_id(v).as_str()) => {
+                        Some(Change::Repaired)
+                    }
+                    Some(_) if journal.generator.as_deref() != Some(generator.as_str()) => {
+                        Some(Change::SpecChanged)
+                    }
                     Some(_) if requested => Some(Change::Requested),
                     Some(_) if due(journal.rotated_at) => Some(Change::Scheduled),
                     Some(_) => None,
@@ -213,10 +244,8 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
                 Some(c) if c.is_rotation() => existing.clone(),
                 _ => current.get(VALUE_PREVIOUS).cloned(),
             };
-            if keep_previous {
-                if let Some(p) = previous.filter(|p| *p != value) {
-                    data.insert(VALUE_PREVIOUS.to_owned(), p);
-                }
+            if keep_previous && let Some(p) = previous.filter(|p| *p != value) {
+                data.insert(VALUE_PREVIOUS.to_owned(), p);
             }
             let id = key_id(&value);
             data.insert(VALUE.to_owned(), value);
@@ -225,7 +254,9 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
         CredentialType::KeySet => {
             let size = usize::from(spec.key_set.clone().unwrap_or_default().size);
             if !(2..=16).contains(&size) {
-                return Err(Refusal::InvalidSpec(format!("spec.keySet.size must be 2 to 16, not {size}")));
+                return Err(Refusal::InvalidSpec(format!(
+                    "spec.keySet.size must be 2 to 16, not {size}"
+                )));
             }
             let generator = "keyset".to_owned();
             let existing: KeySet = keyset::from_data(&current);
@@ -237,20 +268,40 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
                     String::new()
                 }
             };
-            let primary_id = |keys: &KeySet| keyset::primary(keys).and_then(|i| keys.get(&i)).map(|k| key_id(k));
+            let primary_id = |keys: &KeySet| {
+                keyset::primary(keys)
+                    .and_then(|i| keys.get(&i))
+                    .map(|k| key_id(k))
+            };
             let (keys, change) = match owned {
                 Ownership::Missing => (keyset::initial(&mut new_key), Some(Change::Created)),
-                Ownership::Foreign if existing.contains_key(&0) && keyset::primary(&existing).is_some() => (existing, Some(Change::Adopted)),
+                Ownership::Foreign
+                    if existing.contains_key(&0) && keyset::primary(&existing).is_some() =>
+                {
+                    (existing, Some(Change::Adopted))
+                }
                 Ownership::Foreign => (keyset::initial(&mut new_key), Some(Change::Adopted)),
                 Ownership::Managed => {
                     if existing.is_empty() {
                         (keyset::initial(&mut new_key), Some(Change::Repaired))
-                    } else if !existing.contains_key(&0) || keyset::primary(&existing).is_none() || journal.key_id != primary_id(&existing) {
-                        (keyset::rotate(&existing, size, &mut new_key), Some(Change::Repaired))
+                    } else if !existing.contains_key(&0)
+                        || keyset::primary(&existing).is_none()
+                        || journal.key_id != primary_id(&existing)
+                    {
+                        (
+                            keyset::rotate(&existing, size, &mut new_key),
+                            Some(Change::Repaired),
+                        )
                     } else if requested {
-                        (keyset::rotate(&existing, size, &mut new_key), Some(Change::Requested))
+                        (
+                            keyset::rotate(&existing, size, &mut new_key),
+                            Some(Change::Requested),
+                        )
                     } else if due(journal.rotated_at) {
-                        (keyset::rotate(&existing, size, &mut new_key), Some(Change::Scheduled))
+                        (
+                            keyset::rotate(&existing, size, &mut new_key),
+                            Some(Change::Scheduled),
+                        )
                     } else {
                         (existing, None)
                     }
@@ -262,7 +313,11 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
             // A smaller size trims the oldest secondaries without a rotation.
             let mut keys = keys;
             while keys.len() > size {
-                match keys.keys().copied().find(|&i| i != 0 && Some(i) != keyset::primary(&keys)) {
+                match keys
+                    .keys()
+                    .copied()
+                    .find(|&i| i != 0 && Some(i) != keyset::primary(&keys))
+                {
                     Some(i) => {
                         keys.remove(&i);
                     }
@@ -276,12 +331,20 @@ pub fn plan(credential: &Credential, secret: Option<&Secret>, now: Timestamp, en
         other => return Err(Refusal::NeedsControlPlane(other)),
     };
 
-    let rotated_at = if change.is_some() { Some(now) } else { journal.rotated_at.or(Some(now)) };
+    let rotated_at = if change.is_some() {
+        Some(now)
+    } else {
+        journal.rotated_at.or(Some(now))
+    };
     let next_rotation = match (&policy, rotated_at) {
         (Some(p), Some(last)) => schedule::next_after(p, last),
         _ => None,
     };
-    let handled_request = if change.is_some() || requested { request.clone() } else { journal.handled_request.clone() };
+    let handled_request = if change.is_some() || requested {
+        request.clone()
+    } else {
+        journal.handled_request.clone()
+    };
     let restarted_for = match change {
         // Nothing ran with a value that did not exist before: no restart owed.
         Some(Change::Created | Change::Adopted) => Some(key.clone()),
@@ -342,8 +405,11 @@ pub fn desired_secret(credential: &Credential, plan: &Plan) -> Secret {
 /// Whether applying `desired` would change anything Bulkhead owns in `current`.
 pub fn differs(current: Option<&Secret>, desired: &Secret) -> bool {
     let Some(current) = current else { return true };
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
     let ours_owner = |s: &Secret| {
         s.metadata
@@ -359,7 +425,9 @@ pub fn differs(current: Option<&Secret>, desired: &Secret) -> bool {
         s.data
             .iter()
             .flatten()
-            .filter(|(k, _)| k.as_str() == VALUE || k.as_str() == VALUE_PREVIOUS || k.parse::<u32>().is_ok())
+            .filter(|(k, _)| {
+                k.as_str() == VALUE || k.as_str() == VALUE_PREVIOUS || k.parse::<u32>().is_ok()
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
@@ -384,8 +452,11 @@ mod tests {
             "db",
             CredentialSpec {
                 type_,
-                random: (type_ == CredentialType::Random).then(|| RandomSpec { length: 24, alphabet: Alphabet::Hex }),
-                key_set: (type_ == CredentialType::KeySet).then(|| KeySetSpec { size: 3 }),
+                random: (type_ == CredentialType::Random).then_some(RandomSpec {
+                    length: 24,
+                    alphabet: Alphabet::Hex,
+                }),
+                key_set: (type_ == CredentialType::KeySet).then_some(KeySetSpec { size: 3 }),
                 control_plane_token: None,
                 registry_credentials: None,
                 secret_name: Some("db-password".into()),
@@ -401,7 +472,11 @@ mod tests {
     }
 
     fn every(d: &str) -> Option<RotationSpec> {
-        Some(RotationSpec { every: Some(d.into()), schedule: None, keep_previous: true })
+        Some(RotationSpec {
+            every: Some(d.into()),
+            schedule: None,
+            keep_previous: true,
+        })
     }
 
     /// Apply a plan the way the API server would store it.
@@ -410,7 +485,10 @@ mod tests {
     }
 
     fn value(s: &Secret, key: &str) -> Option<String> {
-        s.data.as_ref()?.get(key).map(|b| String::from_utf8(b.0.clone()).unwrap())
+        s.data
+            .as_ref()?
+            .get(key)
+            .map(|b| String::from_utf8(b.0.clone()).unwrap())
     }
 
     #[test]
@@ -425,7 +503,10 @@ mod tests {
         assert_eq!(s.labels()[CREDENTIAL_LABEL], "db");
         assert_eq!(s.labels()[MANAGED_BY_LABEL], "bulkhead");
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Credential", "uid-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Credential", "uid-1", Some(true))
+        );
         assert_eq!(owner.block_owner_deletion, Some(true));
         let v = value(&s, VALUE).unwrap();
         assert_eq!(v.len(), 24);
@@ -433,7 +514,10 @@ mod tests {
         assert_eq!(value(&s, VALUE_PREVIOUS), None);
         assert_eq!(s.annotations()[KEY_ID], key_id(&v));
         assert_eq!(s.annotations()[ROTATED_AT], "2026-11-22T10:00:00Z");
-        assert!(!s.annotations().values().any(|a| a.contains(&v)), "the journal never holds the value");
+        assert!(
+            !s.annotations().values().any(|a| a.contains(&v)),
+            "the journal never holds the value"
+        );
     }
 
     #[test]
@@ -441,7 +525,12 @@ mod tests {
         let mut c = credential(CredentialType::Random, None);
         c.spec.deletion_policy = DeletionPolicy::Retain;
         let plan = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
-        assert!(desired_secret(&c, &plan).metadata.owner_references.is_none());
+        assert!(
+            desired_secret(&c, &plan)
+                .metadata
+                .owner_references
+                .is_none()
+        );
         // Switching Delete -> Retain is a change to apply (the reference is removed).
         let mut d = c.clone();
         d.spec.deletion_policy = DeletionPolicy::Delete;
@@ -455,7 +544,13 @@ mod tests {
         let t0 = ts("2026-11-22T10:00:00Z");
         let first = plan(&c, None, t0, &mut FixedEntropy(7)).unwrap();
         let s = stored(&c, &first);
-        let later = plan(&c, Some(&s), ts("2026-11-23T09:59:59Z"), &mut FixedEntropy(8)).unwrap();
+        let later = plan(
+            &c,
+            Some(&s),
+            ts("2026-11-23T09:59:59Z"),
+            &mut FixedEntropy(8),
+        )
+        .unwrap();
         assert_eq!(later.change, None);
         assert_eq!(later.data, first.data);
         assert!(!differs(Some(&s), &desired_secret(&c, &later)));
@@ -466,14 +561,26 @@ mod tests {
         let c = credential(CredentialType::Random, every("24h"));
         let first = plan(&c, None, ts("2026-11-22T10:00:00Z"), &mut FixedEntropy(7)).unwrap();
         let s1 = stored(&c, &first);
-        let second = plan(&c, Some(&s1), ts("2026-11-23T10:00:00Z"), &mut FixedEntropy(8)).unwrap();
+        let second = plan(
+            &c,
+            Some(&s1),
+            ts("2026-11-23T10:00:00Z"),
+            &mut FixedEntropy(8),
+        )
+        .unwrap();
         assert_eq!(second.change, Some(Change::Scheduled));
         assert_eq!(second.data[VALUE_PREVIOUS], first.data[VALUE]);
         assert_ne!(second.data[VALUE], first.data[VALUE]);
         assert_eq!(second.next_rotation, Some(ts("2026-11-24T10:00:00Z")));
         // A second rotation drops the oldest value only now that two newer ones exist.
         let s2 = stored(&c, &second);
-        let third = plan(&c, Some(&s2), ts("2026-11-24T10:00:00Z"), &mut FixedEntropy(9)).unwrap();
+        let third = plan(
+            &c,
+            Some(&s2),
+            ts("2026-11-24T10:00:00Z"),
+            &mut FixedEntropy(9),
+        )
+        .unwrap();
         assert_eq!(third.data[VALUE_PREVIOUS], second.data[VALUE]);
         assert!(!third.data.values().any(|v| *v == first.data[VALUE]));
     }
@@ -485,7 +592,13 @@ mod tests {
             r.keep_previous = false;
         }
         let first = plan(&c, None, ts("2026-01-01T00:00:00Z"), &mut FixedEntropy(1)).unwrap();
-        let second = plan(&c, Some(&stored(&c, &first)), ts("2026-01-01T01:00:00Z"), &mut FixedEntropy(2)).unwrap();
+        let second = plan(
+            &c,
+            Some(&stored(&c, &first)),
+            ts("2026-01-01T01:00:00Z"),
+            &mut FixedEntropy(2),
+        )
+        .unwrap();
         assert_eq!(second.change, Some(Change::Scheduled));
         assert!(!second.data.contains_key(VALUE_PREVIOUS));
     }
@@ -496,7 +609,13 @@ mod tests {
         // reconcile reads the journal from the Secret and does nothing.
         let c = credential(CredentialType::Random, every("24h"));
         let first = plan(&c, None, ts("2026-11-21T10:00:00Z"), &mut FixedEntropy(1)).unwrap();
-        let rotated = plan(&c, Some(&stored(&c, &first)), ts("2026-11-22T10:00:00Z"), &mut FixedEntropy(2)).unwrap();
+        let rotated = plan(
+            &c,
+            Some(&stored(&c, &first)),
+            ts("2026-11-22T10:00:00Z"),
+            &mut FixedEntropy(2),
+        )
+        .unwrap();
         assert_eq!(rotated.change, Some(Change::Scheduled));
         let s = stored(&c, &rotated);
         for minutes_later in [0, 1, 60, 23 * 60] {
@@ -515,10 +634,22 @@ mod tests {
         // is a day after that, not three catch-up rotations.
         let c = credential(CredentialType::Random, every("24h"));
         let first = plan(&c, None, ts("2026-11-01T00:00:00Z"), &mut FixedEntropy(1)).unwrap();
-        let back = plan(&c, Some(&stored(&c, &first)), ts("2026-11-04T06:00:00Z"), &mut FixedEntropy(2)).unwrap();
+        let back = plan(
+            &c,
+            Some(&stored(&c, &first)),
+            ts("2026-11-04T06:00:00Z"),
+            &mut FixedEntropy(2),
+        )
+        .unwrap();
         assert_eq!(back.change, Some(Change::Scheduled));
         assert_eq!(back.next_rotation, Some(ts("2026-11-05T06:00:00Z")));
-        let again = plan(&c, Some(&stored(&c, &back)), ts("2026-11-04T06:00:01Z"), &mut FixedEntropy(3)).unwrap();
+        let again = plan(
+            &c,
+            Some(&stored(&c, &back)),
+            ts("2026-11-04T06:00:01Z"),
+            &mut FixedEntropy(3),
+        )
+        .unwrap();
         assert_eq!(again.change, None);
     }
 
@@ -527,24 +658,51 @@ mod tests {
         let mut c = credential(CredentialType::Random, None);
         let first = plan(&c, None, ts("2026-01-01T00:00:00Z"), &mut FixedEntropy(1)).unwrap();
         let s = stored(&c, &first);
-        c.annotations_mut().insert(ROTATE_REQUESTED_AT.into(), "2026-01-02T00:00:00Z".into());
-        let rotated = plan(&c, Some(&s), ts("2026-01-02T00:00:05Z"), &mut FixedEntropy(2)).unwrap();
+        c.annotations_mut()
+            .insert(ROTATE_REQUESTED_AT.into(), "2026-01-02T00:00:00Z".into());
+        let rotated = plan(
+            &c,
+            Some(&s),
+            ts("2026-01-02T00:00:05Z"),
+            &mut FixedEntropy(2),
+        )
+        .unwrap();
         assert_eq!(rotated.change, Some(Change::Requested));
         assert_eq!(rotated.next_rotation, None, "no schedule: no next rotation");
         let s2 = stored(&c, &rotated);
-        let again = plan(&c, Some(&s2), ts("2026-01-02T00:01:00Z"), &mut FixedEntropy(3)).unwrap();
+        let again = plan(
+            &c,
+            Some(&s2),
+            ts("2026-01-02T00:01:00Z"),
+            &mut FixedEntropy(3),
+        )
+        .unwrap();
         assert_eq!(again.change, None, "the same request is honoured once");
-        c.annotations_mut().insert(ROTATE_REQUESTED_AT.into(), "2026-01-03T00:00:00Z".into());
-        let next = plan(&c, Some(&s2), ts("2026-01-03T00:00:05Z"), &mut FixedEntropy(4)).unwrap();
+        c.annotations_mut()
+            .insert(ROTATE_REQUESTED_AT.into(), "2026-01-03T00:00:00Z".into());
+        let next = plan(
+            &c,
+            Some(&s2),
+            ts("2026-01-03T00:00:05Z"),
+            &mut FixedEntropy(4),
+        )
+        .unwrap();
         assert_eq!(next.change, Some(Change::Requested));
     }
 
     #[test]
     fn a_request_present_at_creation_is_not_a_second_rotation() {
         let mut c = credential(CredentialType::Random, None);
-        c.annotations_mut().insert(ROTATE_REQUESTED_AT.into(), "x".into());
+        c.annotations_mut()
+            .insert(ROTATE_REQUESTED_AT.into(), "x".into());
         let first = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
-        let again = plan(&c, Some(&stored(&c, &first)), Timestamp::UNIX_EPOCH, &mut FixedEntropy(2)).unwrap();
+        let again = plan(
+            &c,
+            Some(&stored(&c, &first)),
+            Timestamp::UNIX_EPOCH,
+            &mut FixedEntropy(2),
+        )
+        .unwrap();
         assert_eq!(again.change, None);
     }
 
@@ -552,19 +710,45 @@ mod tests {
     fn foreign_secret_is_a_conflict_and_never_planned() {
         let c = credential(CredentialType::Random, None);
         let foreign = Secret {
-            metadata: ObjectMeta { name: Some("db-password".into()), ..ObjectMeta::default() },
-            data: Some([(VALUE.to_owned(), ByteString(b"theirs".to_vec()))].into_iter().collect()),
+            metadata: ObjectMeta {
+                name: Some("db-password".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                [(VALUE.to_owned(), ByteString(b"theirs".to_vec()))]
+                    .into_iter()
+                    .collect(),
+            ),
             ..Secret::default()
         };
-        match plan(&c, Some(&foreign), Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)) {
-            Err(Refusal::Conflict(msg)) => assert!(msg.contains("adopt: true") && msg.contains("db-password"), "{msg}"),
+        match plan(
+            &c,
+            Some(&foreign),
+            Timestamp::UNIX_EPOCH,
+            &mut FixedEntropy(1),
+        ) {
+            Err(Refusal::Conflict(msg)) => assert!(
+                msg.contains("adopt: true") && msg.contains("db-password"),
+                "{msg}"
+            ),
             other => panic!("expected a conflict, got {other:?}"),
         }
         // A Secret managed for another Credential is foreign too.
         let mut other = credential(CredentialType::Random, None);
         other.metadata.name = Some("other".into());
-        let theirs = stored(&other, &plan(&other, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap());
-        assert!(matches!(plan(&c, Some(&theirs), Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)), Err(Refusal::Conflict(_))));
+        let theirs = stored(
+            &other,
+            &plan(&other, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap(),
+        );
+        assert!(matches!(
+            plan(
+                &c,
+                Some(&theirs),
+                Timestamp::UNIX_EPOCH,
+                &mut FixedEntropy(1)
+            ),
+            Err(Refusal::Conflict(_))
+        ));
     }
 
     #[test]
@@ -572,11 +756,24 @@ mod tests {
         let mut c = credential(CredentialType::Random, None);
         c.spec.adopt = true;
         let foreign = Secret {
-            metadata: ObjectMeta { name: Some("db-password".into()), ..ObjectMeta::default() },
-            data: Some([(VALUE.to_owned(), ByteString(b"their-value".to_vec()))].into_iter().collect()),
+            metadata: ObjectMeta {
+                name: Some("db-password".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                [(VALUE.to_owned(), ByteString(b"their-value".to_vec()))]
+                    .into_iter()
+                    .collect(),
+            ),
             ..Secret::default()
         };
-        let p = plan(&c, Some(&foreign), Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
+        let p = plan(
+            &c,
+            Some(&foreign),
+            Timestamp::UNIX_EPOCH,
+            &mut FixedEntropy(1),
+        )
+        .unwrap();
         assert_eq!(p.change, Some(Change::Adopted));
         assert_eq!(p.data[VALUE], "their-value");
         assert_eq!(p.journal.key_id, Some(key_id("their-value")));
@@ -587,7 +784,10 @@ mod tests {
         let c = credential(CredentialType::Random, None);
         let first = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
         let mut s = stored(&c, &first);
-        s.data.as_mut().unwrap().insert(VALUE.into(), ByteString(b"edited-by-hand".to_vec()));
+        s.data
+            .as_mut()
+            .unwrap()
+            .insert(VALUE.into(), ByteString(b"edited-by-hand".to_vec()));
         let repaired = plan(&c, Some(&s), Timestamp::UNIX_EPOCH, &mut FixedEntropy(2)).unwrap();
         assert_eq!(repaired.change, Some(Change::Repaired));
         assert_eq!(repaired.data[VALUE_PREVIOUS], "edited-by-hand");
@@ -601,7 +801,10 @@ mod tests {
         let mut c = credential(CredentialType::Random, None);
         let first = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
         let s = stored(&c, &first);
-        c.spec.random = Some(RandomSpec { length: 40, alphabet: Alphabet::Alphanumeric });
+        c.spec.random = Some(RandomSpec {
+            length: 40,
+            alphabet: Alphabet::Alphanumeric,
+        });
         let p = plan(&c, Some(&s), Timestamp::UNIX_EPOCH, &mut FixedEntropy(2)).unwrap();
         assert_eq!(p.change, Some(Change::SpecChanged));
         assert_eq!(p.data[VALUE].len(), 40);
@@ -616,18 +819,28 @@ mod tests {
         let mut s = stored(&c, &first);
         let mut previous_primary = first.data["1"].clone();
         for hour in 1..=6i64 {
-            let now = t0.checked_add(jiff::SignedDuration::from_hours(hour)).unwrap();
+            let now = t0
+                .checked_add(jiff::SignedDuration::from_hours(hour))
+                .unwrap();
             let p = plan(&c, Some(&s), now, &mut FixedEntropy(10 + hour as u64)).unwrap();
             assert_eq!(p.change, Some(Change::Scheduled));
             assert!(p.data.len() <= 3);
             let keys: KeySet = keyset::from_data(&p.data);
             let primary = keyset::primary(&keys).unwrap();
-            assert_eq!(p.journal.key_id.as_deref(), Some(key_id(&keys[&primary]).as_str()));
-            assert!(p.data.values().any(|v| *v == previous_primary), "the previous primary stays as a secondary");
+            assert_eq!(
+                p.journal.key_id.as_deref(),
+                Some(key_id(&keys[&primary]).as_str())
+            );
+            assert!(
+                p.data.values().any(|v| *v == previous_primary),
+                "the previous primary stays as a secondary"
+            );
             previous_primary = keys[&primary].clone();
             s = stored(&c, &p);
         }
-        let keys: Vec<u32> = keyset::from_data(&string_data(Some(&s))).into_keys().collect();
+        let keys: Vec<u32> = keyset::from_data(&string_data(Some(&s)))
+            .into_keys()
+            .collect();
         assert_eq!(keys, vec![0, 6, 7]);
     }
 
@@ -636,7 +849,9 @@ mod tests {
         let c = credential(CredentialType::ControlPlaneToken, None);
         assert_eq!(
             plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)),
-            Err(Refusal::NeedsControlPlane(CredentialType::ControlPlaneToken))
+            Err(Refusal::NeedsControlPlane(
+                CredentialType::ControlPlaneToken
+            ))
         );
     }
 }
