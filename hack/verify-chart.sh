@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Verify the Helm chart the way a cluster's admission and a security review would:
 #   1. helm lint --strict, every value set in chart/ci/
-#   2. values.schema.json is a valid JSON Schema; yamllint on values and value sets
+#   2. values.schema.json is a valid JSON Schema; yamllint on values and value sets; the
+#      release workflow against the GitHub workflow schema
 #   3. kubernetes-validate --strict of every rendering, for the oldest and newest supported
 #      Kubernetes (unknown fields or wrong types fail)
 #   4. checkov, frameworks kubernetes (every rendering) and helm (the chart as packaged),
@@ -50,6 +51,10 @@ check-jsonschema --check-metaschema chart/values.schema.json
 # The value sets are overlays, checked merged by helm lint above; the defaults alone here.
 check-jsonschema --schemafile chart/values.schema.json chart/values.yaml
 yamllint -d '{extends: relaxed, rules: {line-length: {max: 140}}}' chart/values.yaml chart/Chart.yaml "${value_sets[@]}"
+# The release workflow that publishes the chart (it cannot run here; its shape can be checked).
+if [[ -f .github/workflows/release.yml ]]; then
+  check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/release.yml
+fi
 
 step "render"
 for values in "${value_sets[@]}"; do
