@@ -6,6 +6,8 @@
 //! `helm` comes from `BULKHEAD_HELM`, `PATH` or `.tools/bin` (hack/install-tools.sh). Without it
 //! the tests skip with one line, except under CI (`CI` set), where they fail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,7 +30,11 @@ fn chart_dir() -> PathBuf {
 fn helm() -> Option<PathBuf> {
     let found = if let Some(path) = std::env::var_os("BULKHEAD_HELM") {
         let path = PathBuf::from(path);
-        assert!(path.is_file(), "BULKHEAD_HELM={} is not a file", path.display());
+        assert!(
+            path.is_file(),
+            "BULKHEAD_HELM={} is not a file",
+            path.display()
+        );
         Some(path)
     } else {
         let tools = repo().join(".tools").join("bin");
@@ -45,7 +51,9 @@ fn helm() -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "helm not found (BULKHEAD_HELM, PATH, .tools/bin): run hack/install-tools.sh"
         );
-        eprintln!("skipping chart test: helm not found (run hack/install-tools.sh or set BULKHEAD_HELM)");
+        eprintln!(
+            "skipping chart test: helm not found (run hack/install-tools.sh or set BULKHEAD_HELM)"
+        );
     }
     found
 }
@@ -58,7 +66,10 @@ fn value_sets() -> Vec<PathBuf> {
         .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
         .collect();
     sets.sort();
-    assert!(sets.len() >= 4, "expected the value sets of chart/ci, found {sets:?}");
+    assert!(
+        sets.len() >= 4,
+        "expected the value sets of chart/ci, found {sets:?}"
+    );
     sets
 }
 
@@ -102,7 +113,13 @@ impl Rendering {
 
     fn one(&self, kind: &str) -> &Value {
         let found = self.of_kind(kind);
-        assert_eq!(found.len(), 1, "{}: expected one {kind}, found {}", self.name, found.len());
+        assert_eq!(
+            found.len(),
+            1,
+            "{}: expected one {kind}, found {}",
+            self.name,
+            found.len()
+        );
         found[0]
     }
 
@@ -144,7 +161,11 @@ fn all_renderings(helm: &Path) -> Vec<Rendering> {
     let mut out = Vec::new();
     for values in value_sets() {
         out.push(render(helm, &values, &[]));
-        out.push(render(helm, &values, &["--api-versions", SERVICE_MONITOR_API]));
+        out.push(render(
+            helm,
+            &values,
+            &["--api-versions", SERVICE_MONITOR_API],
+        ));
     }
     out
 }
@@ -156,7 +177,15 @@ fn lint_strict_passes_for_every_value_set() {
     for values in value_sets() {
         let out = run_helm(
             &helm,
-            &["lint", "--strict", chart.to_str().unwrap(), "--namespace", NAMESPACE, "--values", values.to_str().unwrap()],
+            &[
+                "lint",
+                "--strict",
+                chart.to_str().unwrap(),
+                "--namespace",
+                NAMESPACE,
+                "--values",
+                values.to_str().unwrap(),
+            ],
         );
         assert!(
             out.status.success(),
@@ -189,7 +218,11 @@ fn nothing_cluster_scoped_and_everything_in_the_release_namespace() {
                 "{}: {kind} is not one of the chart's namespaced kinds (no ClusterRole, ClusterRoleBinding, CRD, webhook, Namespace)",
                 r.name
             );
-            assert_eq!(doc["metadata"]["namespace"], NAMESPACE, "{}: {kind} outside the release namespace", r.name);
+            assert_eq!(
+                doc["metadata"]["namespace"], NAMESPACE,
+                "{}: {kind} outside the release namespace",
+                r.name
+            );
         }
         for forbidden in [
             "ClusterRole",
@@ -198,17 +231,29 @@ fn nothing_cluster_scoped_and_everything_in_the_release_namespace() {
             "ValidatingWebhookConfiguration",
             "MutatingWebhookConfiguration",
         ] {
-            assert!(r.of_kind(forbidden).is_empty(), "{}: renders a {forbidden}", r.name);
+            assert!(
+                r.of_kind(forbidden).is_empty(),
+                "{}: renders a {forbidden}",
+                r.name
+            );
         }
         // The RoleBinding binds our Role to our ServiceAccount in this namespace, nothing else.
         let binding = r.one("RoleBinding");
         assert_eq!(binding["roleRef"]["kind"], "Role", "{}", r.name);
-        assert_eq!(binding["roleRef"]["name"], r.one("Role")["metadata"]["name"], "{}", r.name);
+        assert_eq!(
+            binding["roleRef"]["name"],
+            r.one("Role")["metadata"]["name"],
+            "{}",
+            r.name
+        );
         let subjects = binding["subjects"].as_array().unwrap();
         assert_eq!(subjects.len(), 1, "{}", r.name);
         assert_eq!(subjects[0]["kind"], "ServiceAccount");
         assert_eq!(subjects[0]["namespace"], NAMESPACE);
-        assert_eq!(subjects[0]["name"], r.one("ServiceAccount")["metadata"]["name"]);
+        assert_eq!(
+            subjects[0]["name"],
+            r.one("ServiceAccount")["metadata"]["name"]
+        );
     }
 }
 
@@ -245,9 +290,13 @@ fn expand(rules: &Value) -> BTreeSet<Grant> {
 
 /// The `run` flags the Role depends on (`bulkhead rbac` takes the same ones).
 fn is_role_flag(arg: &str) -> bool {
-    ["--lease-name=", "--watch-managed-secrets=", "--restart-target="]
-        .iter()
-        .any(|flag| arg.starts_with(flag))
+    [
+        "--lease-name=",
+        "--watch-managed-secrets=",
+        "--restart-target=",
+    ]
+    .iter()
+    .any(|flag| arg.starts_with(flag))
 }
 
 /// `bulkhead rbac -o json` for the Role-relevant flags the chart passes to `bulkhead run`.
@@ -260,14 +309,23 @@ fn binary_rules(run_args: &[String]) -> Value {
         .env_clear()
         .output()
         .unwrap();
-    assert!(out.status.success(), "bulkhead rbac {role_flags:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bulkhead rbac {role_flags:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn show(grants: &BTreeSet<Grant>) -> Vec<String> {
     grants
         .iter()
-        .map(|(g, r, v, n)| format!("{v} {g}/{r}{}", n.as_ref().map(|n| format!(" name={n}")).unwrap_or_default()))
+        .map(|(g, r, v, n)| {
+            format!(
+                "{v} {g}/{r}{}",
+                n.as_ref().map(|n| format!(" name={n}")).unwrap_or_default()
+            )
+        })
         .collect()
 }
 
@@ -291,16 +349,43 @@ fn role_equals_bulkhead_rbac_for_the_same_values() {
 #[test]
 fn role_pins_names_from_values_and_never_lists_secrets_by_default() {
     let Some(helm) = helm() else { return };
-    let grant = |g: &str, r: &str, v: &str, n: Option<&str>| -> Grant { (g.into(), r.into(), v.into(), n.map(Into::into)) };
+    let grant = |g: &str, r: &str, v: &str, n: Option<&str>| -> Grant {
+        (g.into(), r.into(), v.into(), n.map(Into::into))
+    };
 
     let default = expand(&render(&helm, &ci_values("default"), &[])["Role"]);
-    assert!(default.contains(&grant("coordination.k8s.io", "leases", "patch", Some("bulkhead"))));
-    assert!(!default.iter().any(|(_, r, v, _)| r == "secrets" && (v == "list" || v == "watch")), "{:?}", show(&default));
-    assert!(!default.iter().any(|(g, ..)| g == "apps"), "no restart targets, no apps rule: {:?}", show(&default));
-    assert!(!default.iter().any(|(g, r, v, _)| g == "*" || r == "*" || v == "*"), "wildcard: {:?}", show(&default));
+    assert!(default.contains(&grant(
+        "coordination.k8s.io",
+        "leases",
+        "patch",
+        Some("bulkhead")
+    )));
+    assert!(
+        !default
+            .iter()
+            .any(|(_, r, v, _)| r == "secrets" && (v == "list" || v == "watch")),
+        "{:?}",
+        show(&default)
+    );
+    assert!(
+        !default.iter().any(|(g, ..)| g == "apps"),
+        "no restart targets, no apps rule: {:?}",
+        show(&default)
+    );
+    assert!(
+        !default
+            .iter()
+            .any(|(g, r, v, _)| g == "*" || r == "*" || v == "*"),
+        "wildcard: {:?}",
+        show(&default)
+    );
 
     let targets = expand(&render(&helm, &ci_values("restart-targets"), &[])["Role"]);
-    let apps: BTreeSet<Grant> = targets.iter().filter(|(g, ..)| g == "apps").cloned().collect();
+    let apps: BTreeSet<Grant> = targets
+        .iter()
+        .filter(|(g, ..)| g == "apps")
+        .cloned()
+        .collect();
     let expected: BTreeSet<Grant> = [
         grant("apps", "deployments", "patch", Some("api")),
         grant("apps", "deployments", "patch", Some("worker")),
@@ -309,8 +394,17 @@ fn role_pins_names_from_values_and_never_lists_secrets_by_default() {
     ]
     .into();
     assert_eq!(apps, expected);
-    assert!(targets.contains(&grant("coordination.k8s.io", "leases", "get", Some("bulkhead-payments"))));
-    assert!(!targets.iter().any(|(_, r, _, n)| r == "leases" && n.as_deref() == Some("bulkhead")));
+    assert!(targets.contains(&grant(
+        "coordination.k8s.io",
+        "leases",
+        "get",
+        Some("bulkhead-payments")
+    )));
+    assert!(
+        !targets
+            .iter()
+            .any(|(_, r, _, n)| r == "leases" && n.as_deref() == Some("bulkhead"))
+    );
 
     let watch = expand(&render(&helm, &ci_values("watch-secrets"), &[])["Role"]);
     assert!(watch.contains(&grant("", "secrets", "list", None)));
@@ -335,10 +429,18 @@ fn binary_reasons(run_args: &[String]) -> Vec<String> {
         .env_clear()
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let yaml = String::from_utf8(out.stdout).unwrap();
     let rules = yaml.split_once("\nrules:\n").unwrap().1;
-    rules.lines().filter(|l| l.trim_start().starts_with("# ")).map(|l| l.trim().to_owned()).collect()
+    rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("# "))
+        .map(|l| l.trim().to_owned())
+        .collect()
 }
 
 #[test]
@@ -346,13 +448,21 @@ fn every_role_rule_names_the_code_that_needs_it() {
     let Some(helm) = helm() else { return };
     for values in value_sets() {
         let r = render(&helm, &values, &[]);
-        let role_doc = r.text.split("\n---").find(|d| d.contains("\nkind: Role\n")).unwrap();
+        let role_doc = r
+            .text
+            .split("\n---")
+            .find(|d| d.contains("\nkind: Role\n"))
+            .unwrap();
         let lines: Vec<&str> = role_doc.lines().map(str::trim).collect();
         let mut rules = 0;
         for (i, line) in lines.iter().enumerate() {
             if line.starts_with("- apiGroups:") {
                 rules += 1;
-                let comments: Vec<&&str> = lines[..i].iter().rev().take_while(|l| l.starts_with('#')).collect();
+                let comments: Vec<&&str> = lines[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|l| l.starts_with('#'))
+                    .collect();
                 assert!(
                     comments.iter().any(|c| c.contains("src/")),
                     "{}: rule without a comment naming its code: {line}",
@@ -365,7 +475,11 @@ fn every_role_rule_names_the_code_that_needs_it() {
         let reasons = binary_reasons(&r.args());
         assert_eq!(reasons.len(), rules, "{}", r.name);
         for reason in reasons {
-            assert!(lines.contains(&reason.as_str()), "{}: the Role lacks the comment `{reason}` of `bulkhead rbac`", r.name);
+            assert!(
+                lines.contains(&reason.as_str()),
+                "{}: the Role lacks the comment `{reason}` of `bulkhead rbac`",
+                r.name
+            );
         }
     }
 }
@@ -380,12 +494,25 @@ fn pod_meets_restricted_pod_security_with_a_read_only_root() {
         assert_eq!(psc["runAsNonRoot"], true, "{}", r.name);
         assert_eq!(psc["runAsUser"], 65532, "{}", r.name);
         assert_eq!(psc["runAsGroup"], 65532, "{}", r.name);
-        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{}", r.name);
+        assert_eq!(
+            psc["seccompProfile"]["type"], "RuntimeDefault",
+            "{}",
+            r.name
+        );
         for field in ["hostNetwork", "hostPID", "hostIPC", "volumes"] {
             assert!(pod.get(field).is_none(), "{}: pod sets {field}", r.name);
         }
-        assert_eq!(pod["automountServiceAccountToken"], true, "{}: the operator needs its token", r.name);
-        assert_eq!(r.one("ServiceAccount")["automountServiceAccountToken"], false, "{}", r.name);
+        assert_eq!(
+            pod["automountServiceAccountToken"], true,
+            "{}: the operator needs its token",
+            r.name
+        );
+        assert_eq!(
+            r.one("ServiceAccount")["automountServiceAccountToken"],
+            false,
+            "{}",
+            r.name
+        );
 
         let c = r.container();
         let sc = &c["securityContext"];
@@ -393,14 +520,35 @@ fn pod_meets_restricted_pod_security_with_a_read_only_root() {
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", r.name);
         assert_eq!(sc["runAsNonRoot"], true, "{}", r.name);
         assert_eq!(sc["privileged"], false, "{}", r.name);
-        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{}", r.name);
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{}",
+            r.name
+        );
         assert!(sc["capabilities"].get("add").is_none(), "{}", r.name);
         assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{}", r.name);
 
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{}", r.name);
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{}", r.name);
-        assert!(c["resources"]["requests"]["memory"].is_string(), "{}: memory request", r.name);
-        assert!(c["resources"]["limits"]["memory"].is_string(), "{}: memory limit", r.name);
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"], "/healthz",
+            "{}",
+            r.name
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{}",
+            r.name
+        );
+        assert!(
+            c["resources"]["requests"]["memory"].is_string(),
+            "{}: memory request",
+            r.name
+        );
+        assert!(
+            c["resources"]["limits"]["memory"].is_string(),
+            "{}: memory limit",
+            r.name
+        );
 
         // Namespace and pod name come from the downward API, never from values.
         let env = c["env"].as_array().unwrap();
@@ -409,12 +557,30 @@ fn pod_meets_restricted_pod_security_with_a_read_only_root() {
                 .find(|e| e["name"] == name)
                 .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
         };
-        assert_eq!(field_of("BULKHEAD_NAMESPACE"), Some(Value::from("metadata.namespace")), "{}", r.name);
-        assert_eq!(field_of("BULKHEAD_POD_NAME"), Some(Value::from("metadata.name")), "{}", r.name);
-        assert!(!r.args().iter().any(|a| a.starts_with("--namespace")), "{}", r.name);
+        assert_eq!(
+            field_of("BULKHEAD_NAMESPACE"),
+            Some(Value::from("metadata.namespace")),
+            "{}",
+            r.name
+        );
+        assert_eq!(
+            field_of("BULKHEAD_POD_NAME"),
+            Some(Value::from("metadata.name")),
+            "{}",
+            r.name
+        );
+        assert!(
+            !r.args().iter().any(|a| a.starts_with("--namespace")),
+            "{}",
+            r.name
+        );
 
         // Shutdown: drain (10s) + Lease release (5s) fit in the grace period.
-        assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 15, "{}", r.name);
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 15,
+            "{}",
+            r.name
+        );
     }
 }
 
@@ -436,7 +602,12 @@ fn rendered_args_and_env_are_accepted_by_the_binary() {
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{}", r.name);
-        assert!(stderr.contains("no namespace"), "{}: the binary rejected the chart's args {:?}:\n{stderr}", r.name, r.args());
+        assert!(
+            stderr.contains("no namespace"),
+            "{}: the binary rejected the chart's args {:?}:\n{stderr}",
+            r.name,
+            r.args()
+        );
     }
 }
 
@@ -445,19 +616,35 @@ fn strategy_and_pdb_never_run_two_active_reconcilers() {
     let Some(helm) = helm() else { return };
     let single = render(&helm, &ci_values("default"), &[]);
     assert_eq!(single.one("Deployment")["spec"]["replicas"], 1);
-    assert_eq!(single.one("Deployment")["spec"]["strategy"]["type"], "Recreate");
-    assert!(single.of_kind("PodDisruptionBudget").is_empty(), "a PDB with one replica blocks drains");
+    assert_eq!(
+        single.one("Deployment")["spec"]["strategy"]["type"],
+        "Recreate"
+    );
+    assert!(
+        single.of_kind("PodDisruptionBudget").is_empty(),
+        "a PDB with one replica blocks drains"
+    );
     assert!(single.args().contains(&"--leader-elect=true".to_owned()));
 
     let ha = render(&helm, &ci_values("ha"), &[]);
     assert_eq!(ha.one("Deployment")["spec"]["replicas"], 2);
-    assert_eq!(ha.one("Deployment")["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        ha.one("Deployment")["spec"]["strategy"]["type"],
+        "RollingUpdate"
+    );
     assert!(ha.args().contains(&"--leader-elect=true".to_owned()));
     let pdb = ha.one("PodDisruptionBudget");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-    assert_eq!(pdb["spec"]["selector"], ha.one("Deployment")["spec"]["selector"]);
+    assert_eq!(
+        pdb["spec"]["selector"],
+        ha.one("Deployment")["spec"]["selector"]
+    );
 
-    let no_pdb = render(&helm, &ci_values("ha"), &["--set", "podDisruptionBudget.enabled=false"]);
+    let no_pdb = render(
+        &helm,
+        &ci_values("ha"),
+        &["--set", "podDisruptionBudget.enabled=false"],
+    );
     assert!(no_pdb.of_kind("PodDisruptionBudget").is_empty());
 }
 
@@ -470,7 +657,11 @@ fn image_is_referenced_by_digest_when_one_is_given() {
         "registry.example.com/platform/bulkhead@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     );
     let default = render(&helm, &ci_values("default"), &[]);
-    assert_eq!(default.container()["image"], "ghcr.io/bulkhead-dev/bulkhead:0.1.0", "tag defaults to appVersion");
+    assert_eq!(
+        default.container()["image"],
+        "ghcr.io/bulkhead-dev/bulkhead:0.1.0",
+        "tag defaults to appVersion"
+    );
 }
 
 fn ports(rule: &Value) -> Vec<(i64, String)> {
@@ -478,7 +669,12 @@ fn ports(rule: &Value) -> Vec<(i64, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["port"].as_i64().unwrap(), p["protocol"].as_str().unwrap().to_owned()))
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap(),
+                p["protocol"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -492,19 +688,49 @@ fn network_policy_denies_by_default_and_opens_only_needed_flows() {
             continue;
         }
         let np = &r.one("NetworkPolicy")["spec"];
-        assert_eq!(np["policyTypes"], serde_json::json!(["Ingress", "Egress"]), "{}", r.name);
-        assert_eq!(np["podSelector"]["matchLabels"], r.one("Deployment")["spec"]["selector"]["matchLabels"], "{}", r.name);
+        assert_eq!(
+            np["policyTypes"],
+            serde_json::json!(["Ingress", "Egress"]),
+            "{}",
+            r.name
+        );
+        assert_eq!(
+            np["podSelector"]["matchLabels"],
+            r.one("Deployment")["spec"]["selector"]["matchLabels"],
+            "{}",
+            r.name
+        );
         let ingress = np["ingress"].as_array().unwrap();
         assert_eq!(ingress.len(), 1, "{}: only metrics ingress", r.name);
-        assert_eq!(ports(&ingress[0]), vec![(8080, "TCP".to_owned())], "{}", r.name);
-        assert!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"].is_object(), "{}", r.name);
+        assert_eq!(
+            ports(&ingress[0]),
+            vec![(8080, "TCP".to_owned())],
+            "{}",
+            r.name
+        );
+        assert!(
+            ingress[0]["from"][0]["namespaceSelector"]["matchLabels"].is_object(),
+            "{}",
+            r.name
+        );
         let egress = np["egress"].as_array().unwrap();
-        assert!(ports(&egress[0]).contains(&(53, "UDP".to_owned())), "{}: DNS first", r.name);
-        assert!(egress.iter().all(|rule| rule.get("ports").is_some()), "{}: every egress rule names ports", r.name);
+        assert!(
+            ports(&egress[0]).contains(&(53, "UDP".to_owned())),
+            "{}: DNS first",
+            r.name
+        );
+        assert!(
+            egress.iter().all(|rule| rule.get("ports").is_some()),
+            "{}: every egress rule names ports",
+            r.name
+        );
     }
 
     let ha = render(&helm, &ci_values("ha"), &[]);
-    let egress = ha.one("NetworkPolicy")["spec"]["egress"].as_array().unwrap().clone();
+    let egress = ha.one("NetworkPolicy")["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .clone();
     let cidrs: Vec<&str> = egress
         .iter()
         .flat_map(|rule| rule["to"].as_array().into_iter().flatten())
@@ -512,7 +738,8 @@ fn network_policy_denies_by_default_and_opens_only_needed_flows() {
         .collect();
     assert_eq!(cidrs, ["172.18.0.2/32", "172.18.0.3/32", "203.0.113.0/24"]);
     assert_eq!(egress.len(), 3, "DNS, API server, control plane");
-    let ingress_from = &ha.one("NetworkPolicy")["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"];
+    let ingress_from = &ha.one("NetworkPolicy")["spec"]["ingress"][0]["from"][0]["namespaceSelector"]
+        ["matchLabels"];
     assert_eq!(ingress_from["team.example.com/monitoring"], "true");
 }
 
@@ -520,8 +747,16 @@ fn network_policy_denies_by_default_and_opens_only_needed_flows() {
 fn service_monitor_only_when_enabled_and_served() {
     let Some(helm) = helm() else { return };
     let served = ["--api-versions", SERVICE_MONITOR_API];
-    assert!(render(&helm, &ci_values("ha"), &[]).of_kind("ServiceMonitor").is_empty());
-    assert!(render(&helm, &ci_values("default"), &served).of_kind("ServiceMonitor").is_empty());
+    assert!(
+        render(&helm, &ci_values("ha"), &[])
+            .of_kind("ServiceMonitor")
+            .is_empty()
+    );
+    assert!(
+        render(&helm, &ci_values("default"), &served)
+            .of_kind("ServiceMonitor")
+            .is_empty()
+    );
     let ha = render(&helm, &ci_values("ha"), &served);
     let sm = ha.one("ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
@@ -533,16 +768,39 @@ fn service_monitor_only_when_enabled_and_served() {
 fn schema_rejects_bad_values() {
     let Some(helm) = helm() else { return };
     let dir = repo().join("tests/fixtures/chart/invalid");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     cases.sort();
-    let names: Vec<String> = cases.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
-    for must in ["unknown-top-level-key", "replicas-wrong-type", "webhook", "restart-target-bad-kind"] {
-        assert!(names.iter().any(|n| n == must), "fixture {must} missing from {}", dir.display());
+    let names: Vec<String> = cases
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for must in [
+        "unknown-top-level-key",
+        "replicas-wrong-type",
+        "webhook",
+        "restart-target-bad-kind",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "fixture {must} missing from {}",
+            dir.display()
+        );
     }
     for case in &cases {
         let out = template_output(&helm, case, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{} rendered although it is invalid", case.display());
-        assert!(stderr.contains("schema"), "{}: failed, but not on the schema:\n{stderr}", case.display());
+        assert!(
+            !out.status.success(),
+            "{} rendered although it is invalid",
+            case.display()
+        );
+        assert!(
+            stderr.contains("schema"),
+            "{}: failed, but not on the schema:\n{stderr}",
+            case.display()
+        );
     }
 }
