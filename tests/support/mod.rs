@@ -5,4 +5,5 @@
 
 pub mod apidouble;
 
+#[allow(unused_imports)]
 pub use apidouble::{ApiDouble, Matcher, Recorded};

@@ -1,0 +1,589 @@
+//! Controller scenarios against the in-process API double: the whole operator (preflight,
+//! leader election, both controllers) runs as in production, with exactly the Role
+//! `bulkhead rbac` prints, and every request it makes is recorded.
+//!
+//! What the double cannot prove (real SSA ownership, admission/CEL, garbage collection,
+//! RBAC as the API server evaluates it) is for the env-gated end-to-end suite.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead::api::credential::{
+    Alphabet, CredentialSpec, CredentialType, DeletionPolicy, KeySetSpec, RandomSpec, RestartKind,
+    RestartTarget,
+};
+use bulkhead::api::tenant::TenantSpec;
+use bulkhead::api::{ConditionSet, Credential, Tenant};
+use bulkhead::controller::Settings;
+use bulkhead::leader::LeaderConfig;
+use bulkhead::operator::{self, RunConfig};
+use bulkhead::rbac::{self, RbacOptions};
+use bulkhead::telemetry::{Metrics, Readiness};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use kube::api::ObjectMeta;
+use serde_json::json;
+use support::ApiDouble;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "team-a";
+
+fn role(opts: &RbacOptions) -> Vec<PolicyRule> {
+    rbac::required_rules(opts)
+        .into_iter()
+        .map(|r| PolicyRule {
+            api_groups: Some(r.api_groups),
+            resources: Some(r.resources),
+            resource_names: (!r.resource_names.is_empty()).then_some(r.resource_names),
+            verbs: r.verbs,
+            non_resource_urls: None,
+        })
+        .collect()
+}
+
+fn options() -> RbacOptions {
+    RbacOptions {
+        lease_name: "bulkhead".into(),
+        ..RbacOptions::default()
+    }
+}
+
+struct Running {
+    task: JoinHandle<bulkhead::Result<()>>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn start(double: &ApiDouble, identity: &str, rbac: RbacOptions, settings: Settings) -> Running {
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::starting();
+    let config = RunConfig {
+        namespace: NS.into(),
+        leader: LeaderConfig {
+            enabled: true,
+            namespace: NS.into(),
+            lease_name: rbac.lease_name.clone(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(30),
+            renew_grace: Duration::from_secs(10),
+        },
+        rbac,
+        drain_timeout: Duration::from_secs(5),
+        settings,
+    };
+    let task = tokio::spawn(operator::run(
+        double.client(NS),
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    Running {
+        task,
+        shutdown,
+        metrics,
+        readiness,
+    }
+}
+
+async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..500 {
+        if let Some(v) = probe() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn tenant() -> Tenant {
+    let mut t = Tenant::new(
+        "tenant",
+        TenantSpec {
+            display_name: Some("Team A".into()),
+            ..TenantSpec::default()
+        },
+    );
+    t.metadata.namespace = Some(NS.into());
+    t
+}
+
+fn credential(name: &str, type_: CredentialType) -> Credential {
+    let mut c = Credential::new(
+        name,
+        CredentialSpec {
+            type_,
+            random: (type_ == CredentialType::Random).then_some(RandomSpec {
+                length: 32,
+                alphabet: Alphabet::Alphanumeric,
+            }),
+            key_set: (type_ == CredentialType::KeySet).then_some(KeySetSpec { size: 3 }),
+            control_plane_token: None,
+            registry_credentials: None,
+            secret_name: None,
+            rotation: None,
+            restart_on_rotation: vec![],
+            deletion_policy: DeletionPolicy::Delete,
+            adopt: false,
+        },
+    );
+    c.metadata.namespace = Some(NS.into());
+    c
+}
+
+fn secret_value(double: &ApiDouble, name: &str, key: &str) -> Option<String> {
+    let s: Secret = double.get(NS, name)?;
+    s.data?
+        .get(key)
+        .map(|b| String::from_utf8(b.0.clone()).unwrap())
+}
+
+fn condition(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let c: Credential = double.get(NS, name)?;
+    let cond = c.status?.conditions.find(type_)?.clone();
+    Some((cond.status, cond.reason, cond.message))
+}
+
+fn request_rotation(double: &ApiDouble, name: &str, stamp: &str) {
+    let mut c: Credential = double.get(NS, name).unwrap();
+    c.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("bulkhead.dev/rotate-requested-at".into(), stamp.into());
+    double.insert(&c);
+}
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}
+    }))
+    .unwrap()
+}
+
+fn assert_confined(double: &ApiDouble) {
+    let requests = double.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        let namespaced = r.path.contains(&format!("/namespaces/{NS}/"));
+        let self_review = r.path.ends_with("/selfsubjectrulesreviews")
+            || r.path.ends_with("/selfsubjectaccessreviews");
+        assert!(
+            namespaced || self_review,
+            "request outside the namespace: {} {}",
+            r.method,
+            r.path
+        );
+    }
+}
+
+fn assert_no_secret_enumeration(double: &ApiDouble) {
+    let enumerations: Vec<String> = double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "secrets" && (r.verb == "list" || r.verb == "watch"))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
+    assert!(
+        enumerations.is_empty(),
+        "Secrets were listed or watched: {enumerations:?}"
+    );
+}
+
+#[tokio::test]
+async fn full_cycle_creates_rotates_restarts_and_stays_in_the_namespace() {
+    let double = ApiDouble::new();
+    let rbac = RbacOptions {
+        restart_targets: vec![(RestartKind::Deployment, "api".into())],
+        ..options()
+    };
+    double.set_role(role(&rbac));
+    double.insert(&tenant());
+    double.insert(&deployment("api"));
+    let mut db = credential("db", CredentialType::Random);
+    db.spec.secret_name = Some("db-password".into());
+    db.spec.restart_on_rotation = vec![RestartTarget {
+        kind: RestartKind::Deployment,
+        name: "api".into(),
+    }];
+    double.insert(&db);
+    let mut keys = credential("keys", CredentialType::KeySet);
+    keys.spec.deletion_policy = DeletionPolicy::Retain;
+    double.insert(&keys);
+
+    let op = start(&double, "a", rbac, Settings::default());
+
+    // Create: a Secret with the value, labels and an owner reference.
+    let first = eventually("db-password value", || {
+        secret_value(&double, "db-password", "value")
+    })
+    .await;
+    assert_eq!(first.len(), 32);
+    let s: Secret = double.get(NS, "db-password").unwrap();
+    let labels = s.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "bulkhead");
+    assert_eq!(labels["bulkhead.dev/credential"], "db");
+    let owner = &s.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Credential", "db", Some(true))
+    );
+    eventually("db Ready", || {
+        condition(&double, "db", "Ready").filter(|c| c.0 == "True")
+    })
+    .await;
+
+    // KeySet with Retain: staged + primary, no owner reference.
+    let ks: Secret = eventually("keys Secret", || double.get(NS, "keys")).await;
+    let mut data_keys: Vec<String> = ks.data.clone().unwrap().into_keys().collect();
+    data_keys.sort();
+    assert_eq!(data_keys, ["0", "1"]);
+    assert!(ks.metadata.owner_references.is_none());
+
+    // The Tenant counts both Credentials once they are Ready.
+    eventually("tenant counts", || {
+        let t: Tenant = double.get(NS, "tenant")?;
+        let counts = t.status?.credentials?;
+        (counts.total == 2 && counts.ready == 2).then_some(())
+    })
+    .await;
+    let t: Tenant = double.get(NS, "tenant").unwrap();
+    assert_eq!(
+        t.status.unwrap().conditions.find("Ready").unwrap().status,
+        "True"
+    );
+
+    // Manual rotation: new value, the old one kept, the Deployment restarted.
+    request_rotation(&double, "db", "2026-11-22T12:00:00Z");
+    let second = eventually("rotated value", || {
+        secret_value(&double, "db-password", "value").filter(|v| *v != first)
+    })
+    .await;
+    assert_eq!(
+        secret_value(&double, "db-password", "value.previous").as_deref(),
+        Some(first.as_str())
+    );
+    let restarted = eventually("restart annotation", || {
+        let d: Deployment = double.get(NS, "api")?;
+        d.spec
+            .template
+            .metadata?
+            .annotations?
+            .get("bulkhead.dev/restarted-at")
+            .cloned()
+    })
+    .await;
+    let c: Credential = eventually("status key id", || {
+        let c: Credential = double.get(NS, "db")?;
+        (c.status.as_ref()?.key_id.as_deref() == Some(restarted.as_str())).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        c.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .find("Rotated")
+            .unwrap()
+            .reason,
+        "Rotated"
+    );
+    assert_eq!(
+        condition(&double, "db", "RestartNotPermitted").unwrap().0,
+        "False",
+        "the restart was permitted"
+    );
+    let rotations = op.metrics.encode();
+    assert!(
+        rotations.contains("bulkhead_credential_rotations_total{type=\"Random\"} 1"),
+        "{rotations}"
+    );
+
+    // Settled: the same request never rotates twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        secret_value(&double, "db-password", "value").as_deref(),
+        Some(second.as_str())
+    );
+
+    // Events were published for what a user acts on.
+    let events = double.list_json("events.k8s.io", "events", NS);
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(
+        reasons.contains(&"Created") && reasons.contains(&"Rotated"),
+        "{reasons:?}"
+    );
+
+    op.stop().await;
+    assert_confined(&double);
+    assert_no_secret_enumeration(&double);
+    // The Lease was released on shutdown.
+    let lease = double
+        .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
+        .unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_never_modified() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            [("value".to_owned(), ByteString(b"theirs".to_vec()))]
+                .into_iter()
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    double.insert(&foreign);
+    let before = double.get_json("", "secrets", NS, "db").unwrap();
+    double.insert(&credential("db", CredentialType::Random));
+
+    let op = start(&double, "a", options(), Settings::default());
+    let (_, reason, message) = eventually("Conflict", || {
+        condition(&double, "db", "Conflict").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(reason, "SecretNotManaged");
+    assert!(message.contains("adopt: true"), "{message}");
+    assert_eq!(condition(&double, "db", "Ready").unwrap().0, "False");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    op.stop().await;
+
+    assert_eq!(
+        double.get_json("", "secrets", NS, "db").unwrap(),
+        before,
+        "the foreign Secret is untouched"
+    );
+    let writes: Vec<String> = double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "no write may reach a foreign Secret: {writes:?}"
+    );
+}
+
+#[tokio::test]
+async fn adopt_takes_over_and_keeps_the_value() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            [
+                ("value".to_owned(), ByteString(b"theirs".to_vec())),
+                ("note".to_owned(), ByteString(b"kept".to_vec())),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        ..Secret::default()
+    };
+    double.insert(&foreign);
+    let mut c = credential("db", CredentialType::Random);
+    c.spec.adopt = true;
+    double.insert(&c);
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("adopted", || {
+        condition(&double, "db", "Rotated").filter(|c| c.1 == "Adopted")
+    })
+    .await;
+    op.stop().await;
+    assert_eq!(
+        secret_value(&double, "db", "value").as_deref(),
+        Some("theirs")
+    );
+    assert_eq!(
+        secret_value(&double, "db", "note").as_deref(),
+        Some("kept"),
+        "other keys stay"
+    );
+    let s: Secret = double.get(NS, "db").unwrap();
+    assert_eq!(s.metadata.labels.unwrap()["bulkhead.dev/credential"], "db");
+}
+
+#[tokio::test]
+async fn a_forbidden_restart_yields_the_condition_naming_the_chart_value() {
+    let double = ApiDouble::new();
+    // The Role lists no restart targets.
+    double.set_role(role(&options()));
+    double.insert(&deployment("api"));
+    let mut c = credential("db", CredentialType::Random);
+    c.spec.restart_on_rotation = vec![RestartTarget {
+        kind: RestartKind::Deployment,
+        name: "api".into(),
+    }];
+    double.insert(&c);
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("created", || secret_value(&double, "db", "value")).await;
+    request_rotation(&double, "db", "now");
+    let (_, reason, message) = eventually("RestartNotPermitted", || {
+        condition(&double, "db", "RestartNotPermitted").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(reason, "Forbidden");
+    assert!(
+        message.contains("rbac.restartTargets") && message.contains("Deployment/api"),
+        "{message}"
+    );
+    // The rotation itself happened and is Ready.
+    assert_eq!(condition(&double, "db", "Ready").unwrap().0, "True");
+    assert!(secret_value(&double, "db", "value.previous").is_some());
+    op.stop().await;
+    let d: Deployment = double.get(NS, "api").unwrap();
+    assert!(
+        d.spec.template.metadata.unwrap().annotations.is_none(),
+        "the Deployment was not touched"
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired_by_the_watch_only_when_it_is_enabled() {
+    let double = ApiDouble::new();
+    let rbac = RbacOptions {
+        watch_managed_secrets: true,
+        ..options()
+    };
+    double.set_role(role(&rbac));
+    double.insert(&credential("db", CredentialType::Random));
+    let settings = Settings {
+        drift_check: Duration::from_secs(3600),
+        watch_managed_secrets: true,
+    };
+    let op = start(&double, "a", rbac, settings);
+    let original = eventually("created", || secret_value(&double, "db", "value")).await;
+    // Someone edits the managed value by hand: the label-selected watch repairs it at once.
+    let mut s: Secret = double.get(NS, "db").unwrap();
+    s.data
+        .as_mut()
+        .unwrap()
+        .insert("value".into(), ByteString(b"edited".to_vec()));
+    double.insert(&s);
+    let repaired = eventually("repaired", || {
+        secret_value(&double, "db", "value").filter(|v| v != "edited" && *v != original)
+    })
+    .await;
+    assert_eq!(
+        secret_value(&double, "db", "value.previous").as_deref(),
+        Some("edited"),
+        "nothing is lost"
+    );
+    assert_ne!(repaired, original);
+    op.stop().await;
+    let watched = double
+        .requests()
+        .iter()
+        .any(|r| r.resource == "secrets" && r.verb == "watch" && r.query.contains("labelSelector"));
+    assert!(watched, "the opt-in mode watches managed Secrets by label");
+}
+
+#[tokio::test]
+async fn missing_rights_keep_it_unready_and_writing_nothing() {
+    let double = ApiDouble::new();
+    // A Role without the leader-election rules.
+    let rules: Vec<PolicyRule> = role(&options())
+        .into_iter()
+        .filter(|r| {
+            r.resources
+                .as_ref()
+                .is_none_or(|res| !res.contains(&"leases".to_owned()))
+        })
+        .collect();
+    double.set_role(rules);
+    double.insert(&credential("db", CredentialType::Random));
+    let op = start(&double, "a", options(), Settings::default());
+    let reason = eventually("not ready", || {
+        op.readiness.reason().filter(|r| r.contains("leases"))
+    })
+    .await;
+    assert!(reason.contains("leaderElection.leaseName"), "{reason}");
+    assert!(op.metrics.encode().contains("bulkhead_preflight_ok 0"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let readiness = op.readiness.clone();
+    op.stop().await;
+    assert!(readiness.reason().is_some());
+    assert!(
+        double.get_json("", "secrets", NS, "db").is_none(),
+        "nothing is reconciled before the preflight passes"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_crd_is_reported_not_crashed_on() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.unserve("bulkhead.dev", "credentials");
+    let op = start(&double, "a", options(), Settings::default());
+    let reason = eventually("not ready", || {
+        op.readiness
+            .reason()
+            .filter(|r| r.contains("credentials.bulkhead.dev"))
+    })
+    .await;
+    assert!(
+        reason.contains("kubectl apply --server-side -f crds-cluster/"),
+        "{reason}"
+    );
+    assert!(
+        !op.task.is_finished(),
+        "no crash loop: the process stays up and retries"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_instance_stands_by_while_the_first_leads() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&credential("db", CredentialType::Random));
+    let leader = start(&double, "first", options(), Settings::default());
+    eventually("leader reconciles", || secret_value(&double, "db", "value")).await;
+    let standby = start(&double, "second", options(), Settings::default());
+    eventually("standby ready", || {
+        standby.readiness.reason().is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(leader.metrics.encode().contains("bulkhead_leader 1"));
+    assert!(standby.metrics.encode().contains("bulkhead_leader 0"));
+    let lease = double
+        .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "first");
+    standby.stop().await;
+    leader.stop().await;
+}
