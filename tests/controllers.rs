@@ -181,6 +181,23 @@ fn deployment(name: &str) -> Deployment {
     .unwrap()
 }
 
+/// A Secret someone else created, not managed by Bulkhead.
+fn foreign_secret(data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
 fn assert_confined(double: &ApiDouble) {
     let requests = double.requests();
     assert!(!requests.is_empty());
@@ -348,19 +365,7 @@ async fn full_cycle_creates_rotates_restarts_and_stays_in_the_namespace() {
 async fn a_foreign_secret_is_never_modified() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some("db".into()),
-            namespace: Some(NS.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            [("value".to_owned(), ByteString(b"theirs".to_vec()))]
-                .into_iter()
-                .collect(),
-        ),
-        ..Secret::default()
-    };
+    let foreign = foreign_secret(&[("value", "theirs")]);
     double.insert(&foreign);
     let before = double.get_json("", "secrets", NS, "db").unwrap();
     double.insert(&credential("db", CredentialType::Random));
@@ -397,22 +402,7 @@ async fn a_foreign_secret_is_never_modified() {
 async fn adopt_takes_over_and_keeps_the_value() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some("db".into()),
-            namespace: Some(NS.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            [
-                ("value".to_owned(), ByteString(b"theirs".to_vec())),
-                ("note".to_owned(), ByteString(b"kept".to_vec())),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-        ..Secret::default()
-    };
+    let foreign = foreign_secret(&[("value", "theirs"), ("note", "kept")]);
     double.insert(&foreign);
     let mut c = credential("db", CredentialType::Random);
     c.spec.adopt = true;
