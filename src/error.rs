@@ -43,6 +43,14 @@ pub enum Error {
     #[error("configuration: {0}")]
     Usage(String),
 
+    /// The operating system's random number generator failed.
+    #[error("{0}")]
+    Entropy(String),
+
+    /// Restarting a workload after a rotation failed (retried).
+    #[error("{0}")]
+    Restart(String),
+
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
@@ -69,14 +77,11 @@ impl Error {
             Self::Serialization(_) => "serialization",
             Self::Config(_) => "config",
             Self::Usage(_) => "usage",
+            Self::Entropy(_) => "entropy",
+            Self::Restart(_) => "restart",
             Self::Lease(_) => "lease",
             Self::Io(_) => "io",
         }
-    }
-
-    /// Whether waiting and retrying can fix this without a user changing something.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Kube(_) | Self::Lease(_) | Self::Io(_))
     }
 }
 

@@ -68,9 +68,8 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
 
     let plan = match secret::plan(&credential, current.as_ref(), now, &mut OsEntropy) {
         Ok(plan) => plan,
-        Err(Refusal::Entropy(msg)) => return Err(Error::Usage(msg)),
         Err(refusal) => {
-            let (conds, action) = refusal_conditions(&refusal, recheck);
+            let (conds, action) = refusal_conditions(refusal, recheck)?;
             report(&ctx, &credential, conds, None, now).await?;
             return Ok(action);
         }
@@ -178,8 +177,12 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
     )))
 }
 
-fn refusal_conditions(refusal: &Refusal, recheck: Duration) -> (Vec<DesiredCondition>, Action) {
-    match refusal {
+/// Conditions for a plan that cannot be carried out; a CSPRNG failure is an error to retry.
+fn refusal_conditions(
+    refusal: Refusal,
+    recheck: Duration,
+) -> Result<(Vec<DesiredCondition>, Action)> {
+    Ok(match refusal {
         Refusal::Conflict(msg) => (
             vec![
                 DesiredCondition::new(
@@ -219,16 +222,8 @@ fn refusal_conditions(refusal: &Refusal, recheck: Duration) -> (Vec<DesiredCondi
             )],
             Action::await_change(),
         ),
-        Refusal::Entropy(msg) => (
-            vec![DesiredCondition::new(
-                condition::READY,
-                ConditionStatus::False,
-                "Error",
-                msg.clone(),
-            )],
-            Action::requeue(recheck),
-        ),
-    }
+        Refusal::Entropy(msg) => return Err(Error::Entropy(msg)),
+    })
 }
 
 /// Create the Secret (POST: fails if someone created one meanwhile, so a foreign Secret is
@@ -315,7 +310,7 @@ async fn restart_if_owed(
     }
     if outcome.forbidden.is_empty() {
         if let Some((target, err)) = outcome.failed.first() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Restart(format!(
                 "restarting {:?}/{} failed: {err}",
                 target.kind, target.name
             )));
