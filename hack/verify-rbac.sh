@@ -83,6 +83,9 @@ check yes update credentials.bulkhead.dev --subresource=finalizers
 for verb in get create patch; do check yes "$verb" secrets some-managed-secret; done
 check yes get leases.coordination.k8s.io "$lease"
 check yes patch leases.coordination.k8s.io "$lease"
+# The standby's name-pinned watch (fieldSelector metadata.name) is authorized as these two.
+check yes list leases.coordination.k8s.io "$lease"
+check yes watch leases.coordination.k8s.io "$lease"
 check yes create leases.coordination.k8s.io
 check yes create events.events.k8s.io
 check yes patch events.events.k8s.io

@@ -96,8 +96,8 @@ pub fn required_rules(opts: &RbacOptions) -> Vec<RoleRule> {
             "coordination.k8s.io",
             &["leases"],
             std::slice::from_ref(&opts.lease_name),
-            &["get", "patch"],
-            "leader election renews its own Lease (src/leader.rs)",
+            &["get", "list", "watch", "patch"],
+            "leader election renews its own Lease, and a standby watches it (fieldSelector metadata.name) to take over the moment it is released (src/leader.rs)",
             "leaderElection.leaseName",
         ),
         rule(
@@ -475,7 +475,9 @@ mod tests {
             missing,
             vec![
                 "get coordination.k8s.io/leases (resourceNames: bulkhead) via leaderElection.leaseName",
+                "list coordination.k8s.io/leases (resourceNames: bulkhead) via leaderElection.leaseName",
                 "patch coordination.k8s.io/leases (resourceNames: bulkhead) via leaderElection.leaseName",
+                "watch coordination.k8s.io/leases (resourceNames: bulkhead) via leaderElection.leaseName",
             ]
         );
     }

@@ -577,3 +577,46 @@ async fn a_second_instance_stands_by_while_the_first_leads() {
     standby.stop().await;
     leader.stop().await;
 }
+
+#[tokio::test]
+async fn a_standby_takes_over_at_once_when_the_leader_shuts_down() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&credential("db", CredentialType::Random));
+    let leader = start(&double, "first", options(), Settings::default());
+    eventually("leader reconciles", || secret_value(&double, "db", "value")).await;
+    let standby = start(&double, "second", options(), Settings::default());
+    eventually("standby ready", || {
+        standby.readiness.reason().is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(standby.metrics.encode().contains("bulkhead_leader 0"));
+
+    leader.stop().await;
+    // The Lease lasts 30 s; waiting for expiry would blow far past this bound.
+    let holder = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let lease = double
+                .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
+                .unwrap();
+            if lease["spec"]["holderIdentity"] == "second"
+                && standby.metrics.encode().contains("bulkhead_leader 1")
+            {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the standby takes the released Lease within 5 s, not at its 30 s expiry");
+    assert_eq!(holder["spec"]["leaseDurationSeconds"], 30);
+
+    // The new leader reconciles: a new Credential gets its Secret.
+    double.insert(&credential("api", CredentialType::Random));
+    eventually("new leader reconciles", || {
+        secret_value(&double, "api", "value")
+    })
+    .await;
+    standby.stop().await;
+}
