@@ -27,11 +27,13 @@ fi
 sa="$("$kubectl" -n "$ns" get deployment "$deploy" -o jsonpath='{.spec.template.spec.serviceAccountName}')"
 args="$("$kubectl" -n "$ns" get deployment "$deploy" -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')"
 lease="bulkhead"
+identity="bulkhead-identity"
 watch_secrets=false
 targets=()
 while IFS= read -r arg; do
   case "$arg" in
     --lease-name=*) lease="${arg#--lease-name=}" ;;
+    --identity-secret=*) identity="${arg#--identity-secret=}" ;;
     --watch-managed-secrets=*) watch_secrets="${arg#--watch-managed-secrets=}" ;;
     --restart-target=*) targets+=("${arg#--restart-target=}") ;;
   esac
@@ -40,7 +42,7 @@ as="system:serviceaccount:$ns:$sa"
 other_ns="kube-system"
 if [[ "$ns" == "$other_ns" ]]; then other_ns="default"; fi
 
-echo "Release $release in $ns: ServiceAccount $sa, Lease $lease, watchManagedSecrets=$watch_secrets, restart targets: ${targets[*]:-none}"
+echo "Release $release in $ns: ServiceAccount $sa, Lease $lease, identity Secret $identity, watchManagedSecrets=$watch_secrets, restart targets: ${targets[*]:-none}"
 echo
 printf '%-8s %-7s %-10s %-72s %s\n' EXPECT ACTUAL RESULT REQUEST NAMESPACE
 surprises=0
@@ -81,6 +83,9 @@ check yes patch tenants.bulkhead.dev --subresource=status
 check yes patch credentials.bulkhead.dev --subresource=status
 check yes update credentials.bulkhead.dev --subresource=finalizers
 for verb in get create patch; do check yes "$verb" secrets some-managed-secret; done
+# The identity Secret's name-pinned watch (hot reload of the mTLS certificate).
+check yes list secrets "$identity"
+check yes watch secrets "$identity"
 check yes get leases.coordination.k8s.io "$lease"
 check yes patch leases.coordination.k8s.io "$lease"
 # The standby's name-pinned watch (fieldSelector metadata.name) is authorized as these two.

@@ -58,6 +58,16 @@ pub struct RoleArgs {
     /// (Deployment/api, StatefulSet/db, DaemonSet/agent). Repeat for each; the Role pins them.
     #[arg(long = "restart-target", env = "BULKHEAD_RESTART_TARGETS", value_delimiter = ',', value_parser = parse_restart_target)]
     pub restart_targets: Vec<(RestartKind, String)>,
+
+    /// Name of the Secret holding the mTLS identity (tls.crt, tls.key, ca.crt) for the
+    /// control-plane link. The Role can list/watch only this Secret (chart value
+    /// identity.secretName); a Tenant's spec.controlPlane.identitySecretName must match it.
+    #[arg(
+        long,
+        env = "BULKHEAD_IDENTITY_SECRET",
+        default_value = "bulkhead-identity"
+    )]
+    pub identity_secret: String,
 }
 
 impl RoleArgs {
@@ -66,6 +76,7 @@ impl RoleArgs {
             lease_name: self.lease_name.clone(),
             watch_managed_secrets: self.watch_managed_secrets,
             restart_targets: self.restart_targets.clone(),
+            identity_secret: self.identity_secret.clone(),
         }
     }
 }
@@ -133,15 +144,6 @@ pub struct RunArgs {
     /// Log filter: a level (info, debug) or per-target directives (bulkhead=debug,kube=warn).
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-
-    /// Name of the Secret holding the mTLS identity (tls.crt, tls.key, ca.crt) for the
-    /// control-plane link.
-    #[arg(
-        long,
-        env = "BULKHEAD_IDENTITY_SECRET",
-        default_value = "bulkhead-identity"
-    )]
-    pub identity_secret: String,
 
     /// This process's name in the Lease and in Events (the chart passes the pod name).
     #[arg(long, env = "BULKHEAD_POD_NAME")]
@@ -304,7 +306,7 @@ async fn run(args: RunArgs) -> Result<()> {
     );
 
     let client = client().await?;
-    tracing::info!(%namespace, version = env!("CARGO_PKG_VERSION"), identity_secret = %args.identity_secret, "starting");
+    tracing::info!(%namespace, version = env!("CARGO_PKG_VERSION"), identity_secret = %args.role.identity_secret, "starting");
     let config = RunConfig {
         leader: LeaderConfig {
             enabled: args.leader_elect,
@@ -325,6 +327,8 @@ async fn run(args: RunArgs) -> Result<()> {
                 args.drift_check_interval
             },
             watch_managed_secrets: args.role.watch_managed_secrets,
+            identity_secret: args.role.identity_secret.clone(),
+            control_plane: crate::controlplane::client::ClientSettings::default(),
         },
     };
     let outcome = operator::run(client, config, metrics, readiness, shutdown.clone()).await;

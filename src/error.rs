@@ -55,6 +55,10 @@ pub enum Error {
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
 
+    /// A control-plane call failed (retried with backoff, or at the time it asked for).
+    #[error("control plane: {0}")]
+    ControlPlane(#[from] crate::controlplane::client::ControlPlaneError),
+
     /// Binding or serving an HTTP socket failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -81,6 +85,15 @@ impl Error {
             Self::Restart(_) => "restart",
             Self::Lease(_) => "lease",
             Self::Io(_) => "io",
+            Self::ControlPlane(_) => "control_plane",
+        }
+    }
+
+    /// When the failing party said when to come back (HTTP 429 `Retry-After`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::ControlPlane(e) => e.retry_after(),
+            _ => None,
         }
     }
 }

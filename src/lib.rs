@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod controlplane;
 pub mod error;
 pub mod leader;
 pub mod operator;

@@ -20,6 +20,8 @@ pub struct RbacOptions {
     pub watch_managed_secrets: bool,
     /// Workloads that may be restarted after a rotation.
     pub restart_targets: Vec<(RestartKind, String)>,
+    /// The mTLS identity Secret, the only Secret the operator may watch by default.
+    pub identity_secret: String,
 }
 
 /// One rule of the Role, with the reason it exists.
@@ -91,6 +93,14 @@ pub fn required_rules(opts: &RbacOptions) -> Vec<RoleRule> {
             &["get", "create", "patch"],
             "managed Secrets are read by name and written by server-side apply; no list, no watch (src/controller/credential.rs)",
             "the chart's Role (always granted)",
+        ),
+        rule(
+            "",
+            &["secrets"],
+            std::slice::from_ref(&opts.identity_secret),
+            &["list", "watch"],
+            "the mTLS identity is hot-reloaded through a watch on exactly this Secret (fieldSelector metadata.name); get is already granted above (src/controller/mod.rs, src/controlplane/identity.rs)",
+            "identity.secretName",
         ),
         rule(
             "coordination.k8s.io",
@@ -375,6 +385,7 @@ mod tests {
     fn opts() -> RbacOptions {
         RbacOptions {
             lease_name: "bulkhead".into(),
+            identity_secret: "bulkhead-identity".into(),
             ..RbacOptions::default()
         }
     }
@@ -404,13 +415,21 @@ mod tests {
     }
 
     #[test]
-    fn default_role_never_lists_or_watches_secrets() {
+    fn default_role_lists_and_watches_only_the_identity_secret() {
         let grants = expand(&required_rules(&opts()));
         let secret_reads: Vec<_> = grants
             .iter()
             .filter(|g| g.resource == "secrets" && (g.verb == "list" || g.verb == "watch"))
+            .map(|g| (g.verb.as_str(), g.name.as_deref()))
             .collect();
-        assert!(secret_reads.is_empty(), "{secret_reads:?}");
+        // Pinned to one name: the other Secrets of the namespace cannot be enumerated.
+        assert_eq!(
+            secret_reads,
+            [
+                ("list", Some("bulkhead-identity")),
+                ("watch", Some("bulkhead-identity"))
+            ]
+        );
         assert!(grants.iter().all(|g| g.verb != "*" && g.resource != "*"));
     }
 

@@ -78,6 +78,13 @@ pub struct TypeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControlPlaneLabels {
+    pub operation: &'static str,
+    /// HTTP status, or `connect`, `tls`, `timeout`.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -95,6 +102,8 @@ pub struct Metrics {
     pub crds_served: Gauge,
     pub rotations: Family<TypeLabels, Counter>,
     pub next_rotation: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub control_plane_requests: Family<ControlPlaneLabels, Counter>,
+    pub identity_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -164,6 +173,18 @@ impl Default for Metrics {
             "Unix time of each credential's next scheduled rotation",
             next_rotation.clone(),
         );
+        let control_plane_requests = Family::<ControlPlaneLabels, Counter>::default();
+        registry.register(
+            "control_plane_requests",
+            "Control-plane API requests by operation and HTTP status (or connect/tls/timeout)",
+            control_plane_requests.clone(),
+        );
+        let identity_expiry = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "identity_expiry_timestamp_seconds",
+            "Unix time the mTLS identity certificate expires (0 when none is loaded)",
+            identity_expiry.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -183,6 +204,8 @@ impl Default for Metrics {
             crds_served,
             rotations,
             next_rotation,
+            control_plane_requests,
+            identity_expiry,
         }
     }
 }

@@ -292,6 +292,7 @@ fn expand(rules: &Value) -> BTreeSet<Grant> {
 fn is_role_flag(arg: &str) -> bool {
     [
         "--lease-name=",
+        "--identity-secret=",
         "--watch-managed-secrets=",
         "--restart-target=",
     ]
@@ -360,10 +361,17 @@ fn role_pins_names_from_values_and_never_lists_secrets_by_default() {
         "patch",
         Some("bulkhead")
     )));
-    assert!(
-        !default
-            .iter()
-            .any(|(_, r, v, _)| r == "secrets" && (v == "list" || v == "watch")),
+    // Secrets can be listed/watched only by the identity Secret's name: no enumeration.
+    let secret_reads: Vec<&Grant> = default
+        .iter()
+        .filter(|(_, r, v, _)| r == "secrets" && (v == "list" || v == "watch"))
+        .collect();
+    assert_eq!(
+        secret_reads,
+        [
+            &grant("", "secrets", "list", Some("bulkhead-identity")),
+            &grant("", "secrets", "watch", Some("bulkhead-identity")),
+        ],
         "{:?}",
         show(&default)
     );

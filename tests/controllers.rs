@@ -473,6 +473,7 @@ async fn drift_is_repaired_by_the_watch_only_when_it_is_enabled() {
     let settings = Settings {
         drift_check: Duration::from_secs(3600),
         watch_managed_secrets: true,
+        ..Settings::default()
     };
     let op = start(&double, "a", rbac, settings);
     let original = eventually("created", || secret_value(&double, "db", "value")).await;

@@ -122,7 +122,13 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings_revision: Option<String>,
 
-    /// When the control plane last answered (RFC 3339).
+    /// SHA-256 of the settings last accepted by the control plane; a Tenant whose
+    /// `spec.settings` hash to this value is not pushed again (zero writes at steady state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_hash: Option<String>,
+
+    /// When the settings were last pushed to the control plane (RFC 3339). Heartbeats do not
+    /// change it, so a steady state writes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
 

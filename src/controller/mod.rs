@@ -44,6 +44,10 @@ pub struct Context {
     pub credentials: Store<Credential>,
     pub backoff: Backoff,
     pub settings: Settings,
+    /// The control-plane client in use (built by the Tenant controller).
+    pub link: Arc<crate::controlplane::Link>,
+    /// The identity Secret, from a watch on exactly that name.
+    pub identity: Store<Secret>,
 }
 
 /// Controller settings from the command line.
@@ -53,6 +57,10 @@ pub struct Settings {
     pub drift_check: Duration,
     /// Watch managed Secrets (label-selected) to repair drift at once.
     pub watch_managed_secrets: bool,
+    /// The mTLS identity Secret (the only one watched by name).
+    pub identity_secret: String,
+    /// Timeouts and retry bounds of control-plane calls.
+    pub control_plane: crate::controlplane::client::ClientSettings,
 }
 
 impl Default for Settings {
@@ -60,6 +68,8 @@ impl Default for Settings {
         Self {
             drift_check: Duration::from_secs(10 * 60),
             watch_managed_secrets: false,
+            identity_secret: "bulkhead-identity".to_owned(),
+            control_plane: crate::controlplane::client::ClientSettings::default(),
         }
     }
 }
@@ -71,6 +81,7 @@ impl Context {
         metrics: Arc<Metrics>,
         instance: String,
         credentials: Store<Credential>,
+        identity: Store<Secret>,
         settings: Settings,
     ) -> Self {
         let reporter = Reporter {
@@ -81,9 +92,14 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace,
-            metrics,
             credentials,
             backoff: Backoff::default(),
+            link: Arc::new(crate::controlplane::Link::new(
+                settings.control_plane.clone(),
+                Some(metrics.clone()),
+            )),
+            metrics,
+            identity,
             settings,
         }
     }
@@ -130,7 +146,8 @@ impl Context {
     {
         for t in transitions {
             let warning = (t.type_ == "Ready" && t.to == ConditionStatus::False)
-                || (problems.contains(&t.type_) && t.to == ConditionStatus::True);
+                || (problems.contains(&t.type_) && t.to == ConditionStatus::True)
+                || t.reason == tenant::EXPIRING_SOON;
             let type_ = if warning {
                 EventType::Warning
             } else {
@@ -176,7 +193,11 @@ where
     K: Resource<DynamicType = ()>,
 {
     let key = ObjectRef::from_obj(object.as_ref()).erase();
-    let delay = ctx.backoff.next_delay(&key);
+    let backoff = ctx.backoff.next_delay(&key);
+    // A 429's Retry-After wins over our own backoff when it asks for longer.
+    let delay = error
+        .retry_after()
+        .map_or(backoff, |wait| wait.max(backoff));
     tracing::warn!(
         object = %key,
         error = %error,
@@ -218,12 +239,22 @@ pub async fn run(
         });
 
     let watch_secrets = settings.watch_managed_secrets;
+    // The identity Secret, watched by name: the Role grants list/watch on this one only.
+    let (identity_reader, identity_writer) = reflector::store::<Secret>();
+    let identity_watch = watcher(
+        Api::<Secret>::namespaced(client.clone(), &namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.identity_secret)),
+    )
+    .default_backoff()
+    .reflect(identity_writer)
+    .touched_objects();
     let ctx = Arc::new(Context::new(
         client.clone(),
         namespace.clone(),
         metrics,
         instance,
         reader.clone(),
+        identity_reader,
         settings,
     ));
 
@@ -249,8 +280,13 @@ pub async fn run(
         .run(credential::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
+    let tenant_ns = namespace.clone();
     let tenant_controller = Controller::new(tenants_api, watcher::Config::default().any_semantic())
         .reconcile_all_on(credential_changes.map(|_| ()))
+        // A new or rotated identity is used at once: the Tenant reconcile swaps the client.
+        .watches_stream(identity_watch, move |_secret| {
+            Some(ObjectRef::new(crate::api::TENANT_NAME).within(&tenant_ns))
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(tenant::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
