@@ -142,6 +142,11 @@ impl CredentialType {
             Self::RegistryCredentials => "RegistryCredentials",
         }
     }
+
+    /// Issued by the control plane (as opposed to generated locally).
+    pub fn is_issued(self) -> bool {
+        matches!(self, Self::ControlPlaneToken | Self::RegistryCredentials)
+    }
 }
 
 /// A random string.

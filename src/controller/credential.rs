@@ -20,13 +20,17 @@ use super::restart::{self, RestartOutcome};
 use super::{Context, FIELD_MANAGER, instrumented};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, Transition};
 use crate::api::credential::{Credential, CredentialStatus, condition};
+use crate::controlplane::client::ControlPlaneError;
 use crate::error::forbidden_as;
+use crate::resources::issued::{self, Decision};
 use crate::resources::random::OsEntropy;
 use crate::resources::secret::{self, Change, Plan, Refusal};
 use crate::telemetry::{CredentialLabels, TypeLabels};
 use crate::{Error, Result};
 
 const SECRETS_RULE: &str = "secrets: get, create, patch";
+/// How soon an issued Credential checks again for the control-plane link.
+const NOT_LINKED_RETRY: Duration = Duration::from_secs(30);
 const SECRETS_FIX: &str = "the chart's Role (helm upgrade the release; see `bulkhead rbac`)";
 
 /// Reconcile one Credential.
@@ -66,7 +70,31 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
     let now = Timestamp::now();
     let recheck = ctx.settings.drift_check;
 
-    let plan = match secret::plan(&credential, current.as_ref(), now, &mut OsEntropy) {
+    let planned = if credential.spec.type_.is_issued() {
+        match plan_issued(&ctx, &credential, current.as_ref(), now).await {
+            Ok(planned) => planned,
+            Err(err) => {
+                // The current value (if any) stays in the Secret; only the refresh failed.
+                let message = match current.as_ref() {
+                    Some(_) => format!(
+                        "the control plane did not issue a new value: {err}; Secret {name} keeps the current one until it expires"
+                    ),
+                    None => format!("the control plane did not issue a value: {err}"),
+                };
+                let conds = vec![DesiredCondition::new(
+                    condition::READY,
+                    ConditionStatus::False,
+                    err.reason(),
+                    message,
+                )];
+                report(&ctx, &credential, conds, None, now).await?;
+                return Err(err.into());
+            }
+        }
+    } else {
+        secret::plan(&credential, current.as_ref(), now, &mut OsEntropy)
+    };
+    let plan = match planned {
         Ok(plan) => plan,
         Err(refusal) => {
             let (conds, action) = refusal_conditions(refusal, recheck)?;
@@ -177,6 +205,40 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
     )))
 }
 
+/// The plan of an issued Credential: keep the value, or ask the control plane for a new one.
+/// `Ok(Err(_))` is a refusal (conflict, not linked); `Err` is a failed control-plane call.
+async fn plan_issued(
+    ctx: &Context,
+    credential: &Credential,
+    current: Option<&Secret>,
+    now: Timestamp,
+) -> std::result::Result<std::result::Result<Plan, Refusal>, ControlPlaneError> {
+    let (request, change) = match issued::decide(credential, current, now) {
+        Err(refusal) => return Ok(Err(refusal)),
+        Ok(Decision::Keep(plan)) => return Ok(Ok(plan)),
+        Ok(Decision::Issue { request, change }) => (request, change),
+    };
+    let Some(client) = ctx.link.current() else {
+        return Ok(Err(Refusal::NeedsControlPlane(credential.spec.type_)));
+    };
+    let value = match request {
+        issued::Request::Token { audience, ttl } => {
+            let token = client.issue_token(&audience, ttl).await?;
+            issued::token_data(&token.token, token.expires_at)
+        }
+        issued::Request::Registry { server } => {
+            let creds = client.issue_registry_credentials(&server).await?;
+            issued::registry_data(
+                &creds.server,
+                &creds.username,
+                &creds.password,
+                creds.expires_at,
+            )
+        }
+    };
+    Ok(issued::plan_issued(credential, current, change, value, now))
+}
+
 /// Conditions for a plan that cannot be carried out; a CSPRNG failure is an error to retry.
 fn refusal_conditions(
     refusal: Refusal,
@@ -216,11 +278,12 @@ fn refusal_conditions(
                 ConditionStatus::False,
                 "ControlPlaneNotLinked",
                 format!(
-                    "type {} is issued by the control plane, and this version of Bulkhead does not link to one yet",
+                    "type {} is issued by the control plane, and the Tenant is not linked to it; see the Tenant's conditions (kubectl get tenant tenant -o yaml)",
                     t.as_str()
                 ),
             )],
-            Action::await_change(),
+            // The link may come up any moment (identity Secret created, control plane back).
+            Action::requeue(NOT_LINKED_RETRY),
         ),
         Refusal::Entropy(msg) => return Err(Error::Entropy(msg)),
     })

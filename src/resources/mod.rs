@@ -1,6 +1,7 @@
 //! Pure builders: a validated Credential (and what the Secret already holds) in, the Secret to
 //! apply out. No API client here, so every decision is testable with a fixture.
 
+pub mod issued;
 pub mod keyset;
 pub mod random;
 pub mod schedule;
@@ -20,6 +21,8 @@ pub const KEY_ID: &str = "bulkhead.dev/key-id";
 pub const GENERATOR: &str = "bulkhead.dev/generator";
 /// Journal: the last `rotate-requested-at` value that was honoured.
 pub const HANDLED_REQUEST: &str = "bulkhead.dev/rotate-request-handled";
+/// Journal: when an issued credential (token, registry credentials) expires (RFC 3339).
+pub const EXPIRES_AT: &str = "bulkhead.dev/expires-at";
 /// Journal: the key id the restart targets were last restarted for.
 pub const RESTARTED_FOR: &str = "bulkhead.dev/restarted-for";
 /// Pod-template annotation that restarts a workload after a rotation.

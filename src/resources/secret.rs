@@ -17,7 +17,7 @@ use super::keyset::{self, KeySet};
 use super::random::{self, Entropy};
 use super::schedule;
 use super::{
-    CREDENTIAL_LABEL, GENERATOR, HANDLED_REQUEST, KEY_ID, MANAGED_BY, MANAGED_BY_LABEL,
+    CREDENTIAL_LABEL, EXPIRES_AT, GENERATOR, HANDLED_REQUEST, KEY_ID, MANAGED_BY, MANAGED_BY_LABEL,
     RESTARTED_FOR, ROTATED_AT,
 };
 use crate::api::credential::{Credential, CredentialType, DeletionPolicy, ROTATE_REQUESTED_AT};
@@ -58,6 +58,8 @@ pub struct Journal {
     pub generator: Option<String>,
     pub handled_request: Option<String>,
     pub restarted_for: Option<String>,
+    /// Issued credentials only: when the issued value expires.
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Journal {
@@ -69,6 +71,7 @@ impl Journal {
             generator: a.get(GENERATOR).cloned(),
             handled_request: a.get(HANDLED_REQUEST).cloned(),
             restarted_for: a.get(RESTARTED_FOR).cloned(),
+            expires_at: a.get(EXPIRES_AT).and_then(|t| t.parse().ok()),
         }
     }
 
@@ -84,6 +87,7 @@ impl Journal {
         put(GENERATOR, &self.generator);
         put(HANDLED_REQUEST, &self.handled_request);
         put(RESTARTED_FOR, &self.restarted_for);
+        put(EXPIRES_AT, &self.expires_at.map(|t| t.to_string()));
         a
     }
 }
@@ -138,6 +142,26 @@ pub enum Refusal {
     Entropy(String),
 }
 
+/// The Secret type a Credential's Secret has (immutable once created).
+pub fn secret_type(type_: CredentialType) -> &'static str {
+    match type_ {
+        CredentialType::RegistryCredentials => "kubernetes.io/dockerconfigjson",
+        _ => "Opaque",
+    }
+}
+
+/// Data keys Bulkhead manages in a Secret (other keys belong to whoever wrote them).
+pub fn is_managed_key(key: &str) -> bool {
+    matches!(
+        key,
+        VALUE
+            | VALUE_PREVIOUS
+            | super::issued::TOKEN
+            | super::issued::EXPIRES_AT_KEY
+            | super::issued::DOCKER_CONFIG_JSON
+    ) || key.parse::<u32>().is_ok()
+}
+
 /// The outcome of planning: the Secret's desired data and journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -155,7 +179,7 @@ pub fn key_id(value: &str) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
+pub(crate) fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
     secret
         .and_then(|s| s.data.as_ref())
         .map(|d| {
@@ -358,6 +382,7 @@ pub fn plan(
             generator: Some(generator),
             handled_request,
             restarted_for,
+            expires_at: None,
         },
         change,
         next_rotation,
@@ -391,7 +416,7 @@ pub fn desired_secret(credential: &Credential, plan: &Plan) -> Secret {
             owner_references: owner,
             ..ObjectMeta::default()
         },
-        type_: Some("Opaque".to_owned()),
+        type_: Some(secret_type(credential.spec.type_).to_owned()),
         data: Some(
             plan.data
                 .iter()
@@ -425,9 +450,7 @@ pub fn differs(current: Option<&Secret>, desired: &Secret) -> bool {
         s.data
             .iter()
             .flatten()
-            .filter(|(k, _)| {
-                k.as_str() == VALUE || k.as_str() == VALUE_PREVIOUS || k.parse::<u32>().is_ok()
-            })
+            .filter(|(k, _)| is_managed_key(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
