@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead::api::credential::{
@@ -18,10 +17,7 @@ use bulkhead::api::credential::{
 use bulkhead::api::tenant::TenantSpec;
 use bulkhead::api::{ConditionSet, Credential, Tenant};
 use bulkhead::controller::Settings;
-use bulkhead::leader::LeaderConfig;
-use bulkhead::operator::{self, RunConfig};
-use bulkhead::rbac::{self, RbacOptions};
-use bulkhead::telemetry::{Metrics, Readiness};
+use bulkhead::rbac::RbacOptions;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -29,91 +25,9 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::ObjectMeta;
 use serde_json::json;
 use support::ApiDouble;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use support::operator::{eventually, options, role, start};
 
-const NS: &str = "team-a";
-
-fn role(opts: &RbacOptions) -> Vec<PolicyRule> {
-    rbac::required_rules(opts)
-        .into_iter()
-        .map(|r| PolicyRule {
-            api_groups: Some(r.api_groups),
-            resources: Some(r.resources),
-            resource_names: (!r.resource_names.is_empty()).then_some(r.resource_names),
-            verbs: r.verbs,
-            non_resource_urls: None,
-        })
-        .collect()
-}
-
-fn options() -> RbacOptions {
-    RbacOptions {
-        lease_name: "bulkhead".into(),
-        ..RbacOptions::default()
-    }
-}
-
-struct Running {
-    task: JoinHandle<bulkhead::Result<()>>,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-    readiness: Readiness,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn start(double: &ApiDouble, identity: &str, rbac: RbacOptions, settings: Settings) -> Running {
-    let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Readiness::starting();
-    let config = RunConfig {
-        namespace: NS.into(),
-        leader: LeaderConfig {
-            enabled: true,
-            namespace: NS.into(),
-            lease_name: rbac.lease_name.clone(),
-            identity: identity.into(),
-            lease_duration: Duration::from_secs(30),
-            renew_grace: Duration::from_secs(10),
-        },
-        rbac,
-        drain_timeout: Duration::from_secs(5),
-        settings,
-    };
-    let task = tokio::spawn(operator::run(
-        double.client(NS),
-        config,
-        metrics.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    Running {
-        task,
-        shutdown,
-        metrics,
-        readiness,
-    }
-}
-
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..500 {
-        if let Some(v) = probe() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use support::operator::NS;
 
 fn tenant() -> Tenant {
     let mut t = Tenant::new(

@@ -668,11 +668,13 @@ fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(tls.to_string());
+        // io::Error hides its payload from source(): unwrap (possibly nested) payloads here.
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(std::io::Error::get_ref) {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+            io = inner.downcast_ref::<std::io::Error>();
         }
         current = e.source();
     }
