@@ -99,6 +99,16 @@ fn unchecked(id: &pki::Identity) -> Identity {
     }
 }
 
+/// A valid identity for team-a from the tenant CA.
+fn valid_identity(w: &World) -> Identity {
+    load(
+        &w.ca
+            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 fn client(w: &World, id: &Identity) -> ControlPlaneClient {
     ControlPlaneClient::new(id, &w.cp.url(), fast(), None).unwrap()
 }
@@ -115,12 +125,7 @@ fn statuses(cp: &DevControlPlane) -> Vec<(Method, String, u16)> {
 #[tokio::test]
 async fn happy_path_over_mutual_tls() {
     let w = world().await;
-    let id = load(
-        &w.ca
-            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
-            .unwrap(),
-    )
-    .unwrap();
+    let id = valid_identity(&w);
     let c = client(&w, &id);
 
     let record = c.tenant().await.unwrap();
@@ -249,12 +254,7 @@ async fn expired_and_not_yet_valid_certificates_are_named_and_refused() {
 #[tokio::test]
 async fn a_401_fetches_a_new_token_once_and_retries() {
     let w = world().await;
-    let id = load(
-        &w.ca
-            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
-            .unwrap(),
-    )
-    .unwrap();
+    let id = valid_identity(&w);
     let c = client(&w, &id);
     c.tenant().await.unwrap();
     w.cp.revoke_tokens();
@@ -273,12 +273,7 @@ async fn a_401_fetches_a_new_token_once_and_retries() {
 #[tokio::test]
 async fn a_429_is_retried_after_the_time_it_asks_for_or_handed_back() {
     let w = world().await;
-    let id = load(
-        &w.ca
-            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
-            .unwrap(),
-    )
-    .unwrap();
+    let id = valid_identity(&w);
     let c = client(&w, &id);
     c.tenant().await.unwrap();
     let tenant_get = || FaultMatch::new(Method::GET, "/v1/tenants/team-a");
@@ -315,12 +310,7 @@ async fn a_429_is_retried_after_the_time_it_asks_for_or_handed_back() {
 #[tokio::test]
 async fn a_5xx_storm_is_retried_a_bounded_number_of_times() {
     let w = world().await;
-    let id = load(
-        &w.ca
-            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
-            .unwrap(),
-    )
-    .unwrap();
+    let id = valid_identity(&w);
     let c = client(&w, &id);
     c.tenant().await.unwrap();
     w.cp.clear_requests();
@@ -367,12 +357,7 @@ async fn a_5xx_storm_is_retried_a_bounded_number_of_times() {
 #[tokio::test]
 async fn a_412_rereads_the_revision_and_retries() {
     let w = world().await;
-    let id = load(
-        &w.ca
-            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
-            .unwrap(),
-    )
-    .unwrap();
+    let id = valid_identity(&w);
     let c = client(&w, &id);
     let first = c.tenant().await.unwrap().revision;
     // Someone else changes the settings meanwhile: our revision is stale.
@@ -399,12 +384,7 @@ async fn a_412_rereads_the_revision_and_retries() {
 #[tokio::test]
 async fn a_control_plane_that_is_down_is_reported_after_bounded_retries() {
     let w = world().await;
-    let id = load(
-        &w.ca
-            .client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN))
-            .unwrap(),
-    )
-    .unwrap();
+    let id = valid_identity(&w);
     let c = client(&w, &id);
     w.cp.shutdown().await;
     let err = c.tenant().await.unwrap_err();
@@ -482,6 +462,27 @@ fn issued(name: &str, type_: CredentialType) -> Credential {
     c
 }
 
+/// The operator running against the API double with a linked Tenant (identity Secret naming
+/// the dev control plane's endpoint) and these issued Credentials.
+fn linked_operator(
+    w: &World,
+    settings_json: serde_json::Value,
+    credentials: &[(&str, CredentialType)],
+) -> (ApiDouble, pki::Identity, support::operator::Running) {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    let id =
+        w.ca.client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN).with_endpoint(&w.cp.url()))
+            .unwrap();
+    double.insert(&identity_secret(&id));
+    double.insert(&linked_tenant(settings_json));
+    for (name, type_) in credentials {
+        double.insert(&issued(name, *type_));
+    }
+    let op = start(&double, "a", options(), settings());
+    (double, id, op)
+}
+
 fn tenant_condition(double: &ApiDouble, type_: &str) -> Option<(String, String, String)> {
     let t: Tenant = double.get(NS, "tenant")?;
     let c = t.status?.conditions.find(type_)?.clone();
@@ -512,16 +513,14 @@ fn puts(cp: &DevControlPlane) -> usize {
 #[tokio::test]
 async fn the_operator_links_the_tenant_issues_credentials_and_is_quiet_at_steady_state() {
     let w = world().await;
-    let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let id =
-        w.ca.client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN).with_endpoint(&w.cp.url()))
-            .unwrap();
-    double.insert(&identity_secret(&id));
-    double.insert(&linked_tenant(json!({"tier": "gold"})));
-    double.insert(&issued("jobs", CredentialType::ControlPlaneToken));
-    double.insert(&issued("pull", CredentialType::RegistryCredentials));
-    let op = start(&double, "a", options(), settings());
+    let (double, _, op) = linked_operator(
+        &w,
+        json!({"tier": "gold"}),
+        &[
+            ("jobs", CredentialType::ControlPlaneToken),
+            ("pull", CredentialType::RegistryCredentials),
+        ],
+    );
 
     let (status, reason, _) = eventually("tenant linked", || {
         tenant_condition(&double, "Ready").filter(|(s, ..)| s == "True")
@@ -602,15 +601,11 @@ async fn the_operator_links_the_tenant_issues_credentials_and_is_quiet_at_steady
 #[tokio::test]
 async fn a_rotated_certificate_is_used_without_a_restart() {
     let w = world().await;
-    let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let first =
-        w.ca.client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN).with_endpoint(&w.cp.url()))
-            .unwrap();
-    double.insert(&identity_secret(&first));
-    double.insert(&linked_tenant(json!({})));
-    double.insert(&issued("jobs", CredentialType::ControlPlaneToken));
-    let op = start(&double, "a", options(), settings());
+    let (double, first, op) = linked_operator(
+        &w,
+        json!({}),
+        &[("jobs", CredentialType::ControlPlaneToken)],
+    );
     eventually("token", || secret_data(&double, "jobs", "token")).await;
     let old = load(&first).unwrap().summary.fingerprint;
 
@@ -655,15 +650,11 @@ async fn a_rotated_certificate_is_used_without_a_restart() {
 #[tokio::test]
 async fn a_control_plane_outage_is_reported_and_loses_nothing() {
     let w = world().await;
-    let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let id =
-        w.ca.client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN).with_endpoint(&w.cp.url()))
-            .unwrap();
-    double.insert(&identity_secret(&id));
-    double.insert(&linked_tenant(json!({"tier": "gold"})));
-    double.insert(&issued("jobs", CredentialType::ControlPlaneToken));
-    let op = start(&double, "a", options(), settings());
+    let (double, _, op) = linked_operator(
+        &w,
+        json!({"tier": "gold"}),
+        &[("jobs", CredentialType::ControlPlaneToken)],
+    );
     let token = eventually("token", || secret_data(&double, "jobs", "token")).await;
     let revision = Some(
         eventually("settings synced", || {
