@@ -2,15 +2,19 @@
 //! give exactly what this version needs?
 //!
 //! Needs no cluster rights: the CRD check is a `list` with `limit=1` of each kind in the
-//! namespace, and the rights check is a `SelfSubjectRulesReview`, allowed to every user.
+//! namespace, and the rights check is a `SelfSubjectRulesReview`, allowed to every user. A CRD
+//! bundle older than the binary is found by a server-side dry-run status apply on an existing
+//! object: fields the served schema would prune come back missing.
 
 use std::fmt::Write as _;
 
 use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::Request;
 use kube::{Api, Client, Resource};
 
+use crate::api::credential::CredentialStatus;
+use crate::api::tenant::{CredentialCounts, IdentityStatus, TenantStatus};
 use crate::api::{Credential, Tenant};
 use crate::error::is_status;
 use crate::rbac::{self, GrantedRule, RightsReport, RoleRule};
@@ -92,26 +96,129 @@ impl Preflight {
     }
 }
 
-/// Check that a kind is served by listing one object of it in the namespace.
-async fn check_served<K>(client: &Client, namespace: &str) -> Option<String>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned,
+/// A kind whose status this version writes, with a probe that sets every status field.
+pub trait StatusProbe:
+    Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + serde::Serialize
 {
+    /// A status with every field this version writes set (conditions aside: they are a
+    /// standard schema that has not changed).
+    fn full_status() -> serde_json::Value;
+    /// The status of an object as the server returned it.
+    fn status_json(&self) -> serde_json::Value;
+}
+
+impl StatusProbe for Tenant {
+    fn full_status() -> serde_json::Value {
+        serde_json::to_value(TenantStatus {
+            observed_generation: Some(1),
+            conditions: Vec::new(),
+            tenant_id: Some("probe".into()),
+            endpoint: Some("https://probe.invalid".into()),
+            identity: Some(IdentityStatus {
+                subject: "CN=probe".into(),
+                not_after: "2000-01-01T00:00:00Z".into(),
+                fingerprint: "00".into(),
+            }),
+            settings_revision: Some("probe".into()),
+            settings_hash: Some("probe".into()),
+            last_sync_time: Some("2000-01-01T00:00:00Z".into()),
+            credentials: Some(CredentialCounts { total: 0, ready: 0 }),
+        })
+        .unwrap_or_default()
+    }
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.status).unwrap_or_default()
+    }
+}
+
+impl StatusProbe for Credential {
+    fn full_status() -> serde_json::Value {
+        serde_json::to_value(CredentialStatus {
+            observed_generation: Some(1),
+            conditions: Vec::new(),
+            secret_name: Some("probe".into()),
+            last_rotation_time: Some("2000-01-01T00:00:00Z".into()),
+            next_rotation_time: Some("2000-01-01T00:00:00Z".into()),
+            key_id: Some("probe".into()),
+        })
+        .unwrap_or_default()
+    }
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.status).unwrap_or_default()
+    }
+}
+
+/// Paths (`status.a.b`) set in `sent` but absent from `returned`: what the server pruned.
+pub fn pruned_paths(
+    prefix: &str,
+    sent: &serde_json::Value,
+    returned: &serde_json::Value,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(sent), returned) = (sent.as_object(), returned.as_object()) {
+        for (key, value) in sent {
+            let path = format!("{prefix}.{key}");
+            match returned.and_then(|r| r.get(key)) {
+                None | Some(serde_json::Value::Null) => out.push(path),
+                Some(back) => out.extend(pruned_paths(&path, value, back)),
+            }
+        }
+    }
+    out
+}
+
+/// Check that a kind is served by listing one object of it in the namespace, and that its
+/// schema keeps every status field this version writes.
+async fn check_served<K: StatusProbe>(client: &Client, namespace: &str) -> Option<String> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let plural = K::plural(&());
     let group = K::group(&());
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => None,
-        Err(err) if is_status(&err, 404) => Some(format!(
-            "CRD {plural}.{group} is not served: a cluster admin must install it with `kubectl apply --server-side -f crds-cluster/`"
-        )),
-        Err(err) if is_status(&err, 403) => Some(format!(
-            "cannot list {plural}.{group} in {namespace}: the Role lacks `list` on {plural} (install the chart's Role)"
-        )),
-        Err(err) => Some(format!("cannot list {plural}.{group}: {err}")),
+    let existing = match api.list(&ListParams::default().limit(1)).await {
+        Ok(list) => list.items.into_iter().next(),
+        Err(err) if is_status(&err, 404) => {
+            return Some(format!(
+                "CRD {plural}.{group} is not served: a cluster admin must install it with `kubectl apply --server-side -f crds-cluster/`"
+            ));
+        }
+        Err(err) if is_status(&err, 403) => {
+            return Some(format!(
+                "cannot list {plural}.{group} in {namespace}: the Role lacks `list` on {plural} (install the chart's Role)"
+            ));
+        }
+        Err(err) => return Some(format!("cannot list {plural}.{group}: {err}")),
+    };
+    // Without an object there is nothing to dry-run against (creating one needs rights the
+    // operator does not have); the check runs again on the next start.
+    let name = existing.as_ref().and_then(|o| o.meta().name.clone())?;
+    let sent = K::full_status();
+    let probe = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": sent,
+    });
+    let params = PatchParams::apply("bulkhead-preflight").force().dry_run();
+    match api
+        .patch_status(&name, &params, &Patch::Apply(&probe))
+        .await
+    {
+        Ok(returned) => {
+            let pruned = pruned_paths("status", &sent, &returned.status_json());
+            (!pruned.is_empty()).then(|| format!(
+                "CRD {plural}.{group} is older than this binary (version {}): it would drop {}; a cluster admin must apply crds-cluster/ of this version with `kubectl apply --server-side -f crds-cluster/`",
+                env!("CARGO_PKG_VERSION"),
+                pruned.join(", ")
+            ))
+        }
+        // The rights check reports a missing `patch` on the status; other failures of this
+        // probe must not block the operator on their own.
+        Err(err) => {
+            tracing::warn!(error = %err, kind = %K::kind(&()), "the dry-run that detects an outdated CRD failed; skipping that check");
+            None
+        }
     }
 }
 
@@ -165,4 +272,69 @@ pub async fn run(client: &Client, namespace: &str, required: &[RoleRule]) -> Pre
         Err(err) => preflight.review_error = Some(format!("SelfSubjectRulesReview failed: {err}")),
     }
     preflight
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    #[test]
+    fn pruned_fields_are_named_by_path() {
+        let sent = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": "x"});
+        let returned = json!({"a": 1, "b": {"c": 2}, "e": null});
+        assert_eq!(
+            pruned_paths("status", &sent, &returned),
+            ["status.b.d", "status.e"]
+        );
+        assert!(pruned_paths("status", &sent, &sent).is_empty());
+    }
+
+    /// Every status property of the served schema, recursively (conditions aside).
+    fn schema_paths(prefix: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
+        for (key, property) in schema["properties"].as_object().into_iter().flatten() {
+            if key == "conditions" {
+                continue;
+            }
+            let path = format!("{prefix}.{key}");
+            if property["properties"].is_object() {
+                schema_paths(&path, property, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+
+    fn probe_paths(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        for (key, v) in value.as_object().into_iter().flatten() {
+            let path = format!("{prefix}.{key}");
+            if v.is_object() {
+                probe_paths(&path, v, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+
+    fn covers<K: StatusProbe + CustomResourceExt>() {
+        let crd = serde_json::to_value(K::crd()).unwrap();
+        let status =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        schema_paths("status", status, &mut want);
+        probe_paths("status", &K::full_status(), &mut have);
+        want.sort();
+        have.sort();
+        assert_eq!(
+            have, want,
+            "the probe must set every status field the schema has"
+        );
+    }
+
+    #[test]
+    fn the_probe_sets_every_status_field_this_version_writes() {
+        covers::<Tenant>();
+        covers::<Credential>();
+    }
 }
