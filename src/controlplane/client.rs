@@ -251,6 +251,7 @@ pub struct ControlPlaneClient {
     base: String,
     tenant_id: String,
     fingerprint: String,
+    material: String,
     settings: ClientSettings,
     token: tokio::sync::Mutex<Option<AccessToken>>,
     metrics: Option<Arc<Metrics>>,
@@ -317,6 +318,7 @@ impl ControlPlaneClient {
             base,
             tenant_id: identity.summary.tenant_id.clone(),
             fingerprint: identity.summary.fingerprint.clone(),
+            material: identity.material_digest(),
             settings,
             token: tokio::sync::Mutex::new(None),
             metrics,
@@ -331,6 +333,11 @@ impl ControlPlaneClient {
     /// Fingerprint of the certificate this client presents.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Digest of the certificates (client chain and trusted CA) this client was built from.
+    pub fn material_digest(&self) -> &str {
+        &self.material
     }
 
     /// `GET /v1/tenants/{id}`.

@@ -107,6 +107,19 @@ pub struct Identity {
     pub summary: IdentitySummary,
 }
 
+impl Identity {
+    /// SHA-256 over every certificate (chain and roots): changes when either the client
+    /// certificate or the tenant CA is rotated, so the client is rebuilt for both.
+    pub fn material_digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for cert in self.chain.iter().chain(&self.roots) {
+            hasher.update((cert.as_ref().len() as u64).to_be_bytes());
+            hasher.update(cert.as_ref());
+        }
+        hex(&hasher.finalize())
+    }
+}
+
 impl std::fmt::Debug for Identity {
     // Never print key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -422,6 +435,20 @@ mod tests {
 
         let err = reason(data(&two, &two_key, &ca.pem));
         assert!(err.to_string().contains("team-b"), "{err}");
+    }
+
+    #[test]
+    fn a_rotated_ca_changes_the_material_but_not_the_fingerprint() {
+        let ca1 = ca();
+        let ca2 = ca();
+        let (cert, key) = leaf(&ca1, &[TENANT], (-1, 30));
+        let now = Timestamp::now();
+        let a = load("id", &data(&cert, &key, &ca1.pem), now).unwrap();
+        let b = load("id", &data(&cert, &key, &ca2.pem), now).unwrap();
+        assert_eq!(a.summary.fingerprint, b.summary.fingerprint);
+        assert_ne!(a.material_digest(), b.material_digest());
+        let again = load("id", &data(&cert, &key, &ca1.pem), now).unwrap();
+        assert_eq!(a.material_digest(), again.material_digest());
     }
 
     #[test]

@@ -50,15 +50,16 @@ impl Link {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
-    /// The client for this identity and endpoint: the current one when both are unchanged
-    /// (keeping its connections and token), otherwise a new one that replaces it.
+    /// The client for this identity and endpoint: the current one when the certificates (client
+    /// and CA) and the endpoint are unchanged (keeping its connections and token), otherwise a
+    /// new one that replaces it.
     pub fn connect(
         &self,
         identity: &Identity,
         endpoint: &str,
     ) -> Result<Arc<ControlPlaneClient>, ControlPlaneError> {
         if let Some(current) = self.current()
-            && current.fingerprint() == identity.summary.fingerprint
+            && current.material_digest() == identity.material_digest()
             && current.endpoint() == endpoint.trim_end_matches('/')
         {
             return Ok(current);
