@@ -734,5 +734,17 @@ async fn a_tenant_without_a_usable_identity_says_what_is_wrong() {
         w.cp.requests().is_empty(),
         "nothing was sent with an unusable identity"
     );
+
+    // A valid identity arrives: the waiting Credential is issued at once (its own requeue is
+    // a minute away), because the new link triggers it.
+    let valid =
+        w.ca.client_identity(&ClientCert::new(TENANT, TRUST_DOMAIN).with_endpoint(&w.cp.url()))
+            .unwrap();
+    double.insert(&identity_secret(&valid));
+    let token = eventually("token issued once linked", || {
+        secret_data(&double, "jobs", "token")
+    })
+    .await;
+    assert!(w.cp.verify_jwt(&token).is_ok());
     op.stop().await;
 }

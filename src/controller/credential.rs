@@ -29,8 +29,9 @@ use crate::telemetry::{CredentialLabels, TypeLabels};
 use crate::{Error, Result};
 
 const SECRETS_RULE: &str = "secrets: get, create, patch";
-/// How soon an issued Credential checks again for the control-plane link.
-const NOT_LINKED_RETRY: Duration = Duration::from_secs(30);
+/// How soon an issued Credential checks again for the control-plane link (a safety net: a new
+/// link triggers every Credential at once).
+const NOT_LINKED_RETRY: Duration = Duration::from_secs(60);
 const SECRETS_FIX: &str = "the chart's Role (helm upgrade the release; see `bulkhead rbac`)";
 
 /// Reconcile one Credential.
@@ -282,7 +283,7 @@ fn refusal_conditions(
                     t.as_str()
                 ),
             )],
-            // The link may come up any moment (identity Secret created, control plane back).
+            // The link coming up triggers a reconcile; this requeue is only a safety net.
             Action::requeue(NOT_LINKED_RETRY),
         ),
         Refusal::Entropy(msg) => return Err(Error::Entropy(msg)),

@@ -275,7 +275,13 @@ pub async fn run(
             },
         );
     }
+    // Credentials issued by the control plane wait for the Tenant's link: retry them the
+    // moment it comes up (or its identity rotates) instead of at their next requeue.
+    let link_changes = futures::stream::unfold(ctx.link.subscribe(), |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
     let credential_controller = credential_controller
+        .reconcile_all_on(link_changes)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(credential::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));

@@ -23,6 +23,8 @@ pub struct Link {
     current: RwLock<Option<Arc<ControlPlaneClient>>>,
     /// When the current client last heartbeat successfully.
     heartbeat: Mutex<Option<Instant>>,
+    /// Bumped whenever a new client is installed, so waiting Credentials retry at once.
+    generation: tokio::sync::watch::Sender<u64>,
     settings: ClientSettings,
     metrics: Option<Arc<Metrics>>,
 }
@@ -40,6 +42,7 @@ impl Link {
         Self {
             current: RwLock::new(None),
             heartbeat: Mutex::new(None),
+            generation: tokio::sync::watch::Sender::new(0),
             settings,
             metrics,
         }
@@ -74,8 +77,14 @@ impl Link {
             *slot = Some(client.clone());
         }
         self.set_heartbeat(None);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
         tracing::info!(endpoint = %client.endpoint(), fingerprint = %client.fingerprint(), "control-plane client ready");
         Ok(client)
+    }
+
+    /// Changes each time a new client is installed (the link came up or its identity rotated).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Whether a heartbeat is due: none yet with this client, or `interval` has passed.
