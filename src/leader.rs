@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -115,6 +115,9 @@ async fn build_manager(client: Client, config: &LeaderConfig) -> Result<LeaseMan
         .await?)
 }
 
+/// Pause before competing for a Lease seen released.
+const FREED_PAUSE: Duration = Duration::from_millis(100);
+
 /// Why one manager's run ended.
 enum Outcome {
     /// Shutdown: the manager released the Lease.
@@ -157,6 +160,8 @@ async fn compete(
                 }
             },
         };
+        // Free events queued before this manager read the Lease are stale: it has seen them.
+        while let Some(Some(())) = freed.next().now_or_never() {}
         let (mut leading, task) = manager.watch().await;
         let outcome = loop {
             tokio::select! {
@@ -195,6 +200,12 @@ async fn compete(
             Outcome::Stopped => return,
             Outcome::Freed => {
                 tracing::debug!("the Lease was released; competing for it now");
+                // A short pause: standbys that saw the same release do not race in lockstep,
+                // and a stale event can never turn this into a tight loop.
+                tokio::select! {
+                    () = tokio::time::sleep(FREED_PAUSE) => {}
+                    () = stop.cancelled() => return,
+                }
             }
             Outcome::Failed => {
                 failures = failures.saturating_add(1);

@@ -748,3 +748,47 @@ async fn a_tenant_without_a_usable_identity_says_what_is_wrong() {
     assert!(w.cp.verify_jwt(&token).is_ok());
     op.stop().await;
 }
+
+#[tokio::test]
+async fn an_identity_near_expiry_is_warned_about() {
+    let w = world().await;
+    let (double, _, op) = linked_operator(&w, json!({}), &[]);
+    let (_, reason, _) = eventually("valid identity", || {
+        tenant_condition(&double, "IdentityValid").filter(|(s, ..)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "Valid");
+
+    // Renewed by someone who forgot: 5 minutes left of a 65-minute certificate.
+    let short =
+        w.ca.client_identity(
+            &ClientCert::new(TENANT, TRUST_DOMAIN)
+                .with_endpoint(&w.cp.url())
+                .valid_for(Duration::from_secs(300)),
+        )
+        .unwrap();
+    double.insert(&identity_secret(&short));
+    let (status, _, message) = eventually("expiring soon", || {
+        tenant_condition(&double, "IdentityValid").filter(|(_, r, _)| r == "ExpiringSoon")
+    })
+    .await;
+    assert_eq!(status, "True", "still usable");
+    assert!(message.contains("renew"), "{message}");
+    let warning = eventually("a Warning Event", || {
+        double
+            .list_json("events.k8s.io", "events", NS)
+            .into_iter()
+            .find(|e| e["reason"] == "ExpiringSoon")
+    })
+    .await;
+    assert_eq!(warning["type"], "Warning");
+    let not_after = load(&short).unwrap().summary.not_after.as_second();
+    let metrics = op.metrics.encode();
+    assert!(
+        metrics.contains(&format!(
+            "bulkhead_identity_expiry_timestamp_seconds {not_after}"
+        )),
+        "{metrics}"
+    );
+    op.stop().await;
+}

@@ -107,7 +107,7 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
     let mut plan = plan;
     let desired = secret::desired_secret(&credential, &plan);
     let mut stored = current.clone();
-    if secret::differs(current.as_ref(), &desired) {
+    if secret::differs(credential.spec.type_, current.as_ref(), &desired) {
         match write_secret(&ctx, current.as_ref(), desired).await {
             Ok(written) => stored = Some(written),
             Err(err) => {
@@ -237,6 +237,19 @@ async fn plan_issued(
             )
         }
     };
+    if now
+        .checked_add(issued::MIN_REFRESH)
+        .is_ok_and(|floor| value.expires_at < floor)
+    {
+        return Err(ControlPlaneError::Protocol {
+            operation: "issue",
+            detail: format!(
+                "the issued value expires at {}, less than {}s from now ({now}); check the control plane's clock",
+                value.expires_at,
+                issued::MIN_REFRESH.as_secs()
+            ),
+        });
+    }
     Ok(issued::plan_issued(credential, current, change, value, now))
 }
 

@@ -247,7 +247,16 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(identity_writer)
-    .touched_objects();
+    // Deletions count too (touched_objects drops them): a removed identity unlinks at once.
+    .filter_map(|event| {
+        future::ready(match event {
+            Ok(
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s),
+            ) => Some(Ok(s)),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(err) => Some(Err(err)),
+        })
+    });
     let ctx = Arc::new(Context::new(
         client.clone(),
         namespace.clone(),

@@ -28,6 +28,9 @@ use crate::api::{Credential, TENANT_NAME, Tenant};
 use crate::controlplane::client::ControlPlaneError;
 use crate::controlplane::identity::{self, IdentitySummary};
 
+/// How long a reconcile waits for the identity watch's first list.
+const IDENTITY_LIST_WAIT: Duration = Duration::from_secs(10);
+
 /// Reason of an identity that is valid but close to expiry.
 pub const EXPIRING_SOON: &str = "ExpiringSoon";
 
@@ -107,10 +110,17 @@ impl LinkState {
     }
 }
 
-/// The SHA-256 of a settings object in canonical form (object keys sorted).
-pub fn settings_hash(settings: &Value) -> String {
+/// The SHA-256 of what was pushed where: endpoint, tenant and the settings in canonical form
+/// (object keys sorted). Moving to another control plane or tenant changes it, so the settings
+/// are pushed there even if its revision numbers happen to match.
+pub fn settings_hash(endpoint: &str, tenant_id: &str, settings: &Value) -> String {
     // serde_json's map is ordered by key, so equal objects serialise identically.
-    identity::hex(&Sha256::digest(settings.to_string().as_bytes()))
+    let mut hasher = Sha256::new();
+    for part in [endpoint, tenant_id, &settings.to_string()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    identity::hex(&hasher.finalize())
 }
 
 /// Whether a valid identity is close enough to expiry to warn: the last sixth of its life.
@@ -395,6 +405,28 @@ async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Actio
     }
     ctx.publish_transitions(tenant.as_ref(), &transitions, &[])
         .await;
+    // IdentityValid stays True when it becomes ExpiringSoon, so merge sees no transition.
+    let reason_of = |s: Option<&TenantStatus>| {
+        s.and_then(|s| s.conditions.find(condition::IDENTITY_VALID))
+            .map(|c| c.reason.clone())
+    };
+    let now_expiring = reason_of(Some(&status)).as_deref() == Some(EXPIRING_SOON);
+    let was_expiring = reason_of(tenant.status.as_ref()).as_deref() == Some(EXPIRING_SOON);
+    if now_expiring && !was_expiring && !transitions.iter().any(|t| t.reason == EXPIRING_SOON) {
+        let message = status
+            .conditions
+            .find(condition::IDENTITY_VALID)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ctx.publish(
+            tenant.as_ref(),
+            kube::runtime::events::EventType::Warning,
+            EXPIRING_SOON,
+            "Reconcile",
+            message,
+        )
+        .await;
+    }
     match failure {
         // The status says what is wrong; the error requeues with backoff (or Retry-After).
         Some(err) => Err(err.into()),
@@ -426,6 +458,14 @@ async fn link(
             },
             None,
         );
+    }
+    // Right after start the identity watch may not have listed yet: an empty store would
+    // read as "Secret missing" and flap the conditions on every restart or hand-over.
+    if tokio::time::timeout(IDENTITY_LIST_WAIT, ctx.identity.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the identity Secret's watch has not listed yet; treating it as missing");
     }
     let secret = ctx
         .identity
@@ -479,11 +519,15 @@ async fn link(
     };
     let client = match ctx.link.connect(&identity, &endpoint) {
         Ok(client) => client,
-        Err(err) => return (disconnected(&err), Some(err)),
+        Err(err) => {
+            // Never keep issuing through an older identity or endpoint than the one configured.
+            ctx.link.clear();
+            return (disconnected(&err), Some(err));
+        }
     };
 
     let settings = tenant.spec.settings.clone().unwrap_or_else(|| json!({}));
-    let hash = settings_hash(&settings);
+    let hash = settings_hash(&endpoint, &summary.tenant_id, &settings);
     let status = tenant.status.clone().unwrap_or_default();
     let mut revision = status.settings_revision.clone();
     let mut in_sync = status.settings_hash.as_deref() == Some(hash.as_str()) && revision.is_some();
@@ -714,7 +758,7 @@ mod tests {
             identity: summary(30),
             endpoint: "https://cp.example".into(),
             revision: "3".into(),
-            hash: settings_hash(&json!({"tier": "gold"})),
+            hash: settings_hash("https://cp.example", "team-a", &json!({"tier": "gold"})),
             pushed_at: Some(now),
         };
         let (status, _) = desired_status(&t, CredentialCounts::default(), Some(&pushed), now);
@@ -776,11 +820,14 @@ mod tests {
     }
 
     #[test]
-    fn settings_hash_ignores_key_order_only() {
+    fn settings_hash_ignores_key_order_but_not_where_they_go() {
         let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":3}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":1}"#).unwrap();
         let c: Value = serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":4}}"#).unwrap();
-        assert_eq!(settings_hash(&a), settings_hash(&b));
-        assert_ne!(settings_hash(&a), settings_hash(&c));
+        let h = |v: &Value| settings_hash("https://cp", "team-a", v);
+        assert_eq!(h(&a), h(&b));
+        assert_ne!(h(&a), h(&c));
+        assert_ne!(h(&a), settings_hash("https://other-cp", "team-a", &a));
+        assert_ne!(h(&a), settings_hash("https://cp", "team-b", &a));
     }
 }

@@ -454,8 +454,10 @@ impl ControlPlaneClient {
             )
             .await?;
         let reply: AccessTokenReply = json("auth_token", &answer)?;
-        let lifetime = Duration::from_secs(reply.expires_in);
-        let refresh_at = tokio::time::Instant::now() + lifetime.mul_f64(2.0 / 3.0);
+        // A nonsensical lifetime must neither overflow nor make every call fetch a token.
+        let lifetime = Duration::from_secs(reply.expires_in.clamp(10, 24 * 3600));
+        let now = tokio::time::Instant::now();
+        let refresh_at = now.checked_add(lifetime.mul_f64(2.0 / 3.0)).unwrap_or(now);
         *cached = Some(AccessToken {
             value: reply.access_token.clone(),
             refresh_at,
@@ -516,10 +518,17 @@ impl ControlPlaneClient {
             let request = request
                 .body(Full::new(body.clone()))
                 .map_err(|e| ControlPlaneError::Endpoint(self.base.clone(), e.to_string()))?;
-            let sent =
-                tokio::time::timeout(self.settings.request_timeout, self.http.request(request))
-                    .await;
-            let response = match sent {
+            // One deadline for the whole exchange: a server that sends headers and then stalls
+            // must not hold the call (and the token lock) forever.
+            let exchange = async {
+                let response = self.http.request(request).await?;
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = read_body(operation, response).await;
+                Ok::<_, hyper_util::client::legacy::Error>((status, headers, body))
+            };
+            let sent = tokio::time::timeout(self.settings.request_timeout, exchange).await;
+            let (status, headers, body) = match sent {
                 Err(_) => {
                     self.record(operation, "timeout");
                     if last {
@@ -543,12 +552,10 @@ impl ControlPlaneClient {
                     self.pause(attempt).await;
                     continue;
                 }
-                Ok(Ok(response)) => response,
+                Ok(Ok(exchanged)) => exchanged,
             };
-            let status = response.status();
             self.record(operation, status.as_str());
-            let headers = response.headers().clone();
-            let body = read_body(operation, response).await?;
+            let body = body?;
             let answer = Answer {
                 status,
                 headers,

@@ -107,6 +107,10 @@ fn value_key(type_: CredentialType) -> &'static str {
     }
 }
 
+/// The earliest an issued value is replaced after it was written, whatever its lifetime: a
+/// control plane (or a clock) that hands out nearly expired values must not cause a hot loop.
+pub const MIN_REFRESH: Duration = Duration::from_secs(60);
+
 /// When an issued value should be replaced: at 2/3 of its lifetime.
 pub fn refresh_at(issued_at: Timestamp, expires_at: Timestamp) -> Timestamp {
     let life = expires_at.as_millisecond() - issued_at.as_millisecond();
@@ -155,6 +159,7 @@ pub fn decide(
         (Ownership::Foreign, Some(_)) => return issue(Change::Adopted),
         (Ownership::Managed, Some(s)) => (Journal::read(s), s),
     };
+    secret::check_same_type(credential, &journal)?;
     let data = secret::string_data(Some(secret));
     let request_annotation = credential.annotations().get(ROTATE_REQUESTED_AT).cloned();
     let requested = request_annotation.is_some() && request_annotation != journal.handled_request;
@@ -183,7 +188,7 @@ pub fn decide(
     }
     let mut kept: BTreeMap<String, String> = data
         .into_iter()
-        .filter(|(k, _)| secret::is_managed_key(k))
+        .filter(|(k, _)| secret::is_managed_key(spec.type_, k))
         .collect();
     kept.retain(|_, v| !v.is_empty());
     Ok(Decision::Keep(Plan {
@@ -225,13 +230,18 @@ pub fn plan_issued(
         .map(schedule::policy)
         .transpose()
         .map_err(Refusal::InvalidSpec)?;
-    let refresh = refresh_at(now, issued.expires_at);
+    let floor = now.checked_add(MIN_REFRESH).unwrap_or(now);
+    let refresh = refresh_at(now, issued.expires_at).max(floor);
     let next = policy
         .as_ref()
         .and_then(|p| schedule::next_after(p, now))
         .map_or(refresh, |s| s.min(refresh));
+    let mut data = issued.data;
+    if credential.spec.type_ == CredentialType::RegistryCredentials {
+        merge_other_registries(&mut data, secret);
+    }
     Ok(Plan {
-        data: issued.data,
+        data,
         journal: Journal {
             rotated_at: Some(now),
             key_id: Some(key),
@@ -243,6 +253,36 @@ pub fn plan_issued(
         change: Some(change),
         next_rotation: Some(next),
     })
+}
+
+/// An adopted (or hand-extended) `.dockerconfigjson` may hold other registries' entries: they
+/// are kept, and only the issued server's entry is replaced.
+fn merge_other_registries(data: &mut BTreeMap<String, String>, secret: Option<&Secret>) {
+    let existing = secret::string_data(secret);
+    let Some(Ok(serde_json::Value::Object(mut old))) = existing
+        .get(DOCKER_CONFIG_JSON)
+        .map(|d| serde_json::from_str::<serde_json::Value>(d))
+    else {
+        return;
+    };
+    let Some(Ok(serde_json::Value::Object(new))) = data
+        .get(DOCKER_CONFIG_JSON)
+        .map(|d| serde_json::from_str::<serde_json::Value>(d))
+    else {
+        return;
+    };
+    let Some(serde_json::Value::Object(old_auths)) = old.get_mut("auths") else {
+        return;
+    };
+    if let Some(serde_json::Value::Object(new_auths)) = new.get("auths") {
+        for (server, entry) in new_auths {
+            old_auths.insert(server.clone(), entry.clone());
+        }
+    }
+    data.insert(
+        DOCKER_CONFIG_JSON.to_owned(),
+        serde_json::Value::Object(old).to_string(),
+    );
 }
 
 /// Secret data for an issued token.
@@ -342,7 +382,7 @@ mod tests {
             Decision::Keep(kept) => {
                 assert_eq!(kept.data.get(TOKEN).map(String::as_str), Some("jwt-1"));
                 assert!(
-                    !secret::differs(Some(&s), &written(&c, &kept)),
+                    !secret::differs(c.spec.type_, Some(&s), &written(&c, &kept)),
                     "no write while valid"
                 );
             }
@@ -456,6 +496,64 @@ mod tests {
             panic!("an Opaque Secret cannot become a dockerconfigjson one")
         };
         assert!(msg.contains("kubernetes.io/dockerconfigjson"), "{msg}");
+    }
+
+    #[test]
+    fn an_almost_expired_value_is_not_refreshed_in_a_loop() {
+        let c = token_credential();
+        let plan = plan_issued(&c, None, Change::Created, token_data("jwt", at(1)), at(0)).unwrap();
+        assert_eq!(plan.next_rotation, Some(at(60)));
+    }
+
+    #[test]
+    fn adopting_a_pull_secret_keeps_other_registries() {
+        let mut c = token_credential();
+        c.spec.type_ = CredentialType::RegistryCredentials;
+        c.spec.control_plane_token = None;
+        c.spec.registry_credentials = Some(RegistryCredentialsSpec {
+            server: "registry.example.com".into(),
+        });
+        c.spec.adopt = true;
+        let theirs = r#"{"auths":{"ghcr.io":{"auth":"dXNlcjpwdw=="},"registry.example.com":{"auth":"b2xk"}}}"#;
+        let foreign = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("jobs".into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            data: Some(
+                [(
+                    DOCKER_CONFIG_JSON.to_owned(),
+                    k8s_openapi::ByteString(theirs.as_bytes().to_vec()),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            ..Secret::default()
+        };
+        let issued = registry_data("registry.example.com", "robot", "new", at(3600));
+        let plan = plan_issued(&c, Some(&foreign), Change::Adopted, issued, at(0)).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&plan.data[DOCKER_CONFIG_JSON]).unwrap();
+        assert_eq!(doc["auths"]["ghcr.io"]["auth"], "dXNlcjpwdw==");
+        assert_eq!(doc["auths"]["registry.example.com"]["username"], "robot");
+    }
+
+    #[test]
+    fn a_secret_left_by_another_type_is_a_conflict() {
+        let random_journal = Journal {
+            generator: Some("random/32/alphanumeric".into()),
+            ..Journal::default()
+        };
+        let c = token_credential();
+        let Err(Refusal::Conflict(msg)) = secret::check_same_type(&c, &random_journal) else {
+            panic!("a Random value must not be replaced by a token")
+        };
+        assert!(msg.contains("random/32/alphanumeric"), "{msg}");
+        let token_journal = Journal {
+            generator: Some("controlplanetoken/spark-jobs/1h".into()),
+            ..Journal::default()
+        };
+        assert!(secret::check_same_type(&c, &token_journal).is_ok());
     }
 
     #[test]

@@ -150,16 +150,43 @@ pub fn secret_type(type_: CredentialType) -> &'static str {
     }
 }
 
-/// Data keys Bulkhead manages in a Secret (other keys belong to whoever wrote them).
-pub fn is_managed_key(key: &str) -> bool {
-    matches!(
-        key,
-        VALUE
-            | VALUE_PREVIOUS
-            | super::issued::TOKEN
-            | super::issued::EXPIRES_AT_KEY
-            | super::issued::DOCKER_CONFIG_JSON
-    ) || key.parse::<u32>().is_ok()
+/// Data keys Bulkhead manages in the Secret of a Credential of this type (other keys belong
+/// to whoever wrote them).
+pub fn is_managed_key(type_: CredentialType, key: &str) -> bool {
+    match type_ {
+        CredentialType::Random => key == VALUE || key == VALUE_PREVIOUS,
+        CredentialType::KeySet => key.parse::<u32>().is_ok(),
+        CredentialType::ControlPlaneToken => {
+            key == super::issued::TOKEN || key == super::issued::EXPIRES_AT_KEY
+        }
+        CredentialType::RegistryCredentials => key == super::issued::DOCKER_CONFIG_JSON,
+    }
+}
+
+/// The prefix of the journal's generator string for each type.
+fn generator_family(type_: CredentialType) -> &'static str {
+    match type_ {
+        CredentialType::Random => "random/",
+        CredentialType::KeySet => "keyset",
+        CredentialType::ControlPlaneToken => "controlplanetoken/",
+        CredentialType::RegistryCredentials => "registrycredentials/",
+    }
+}
+
+/// A managed Secret written for another type of Credential (a Retain Secret left behind, then
+/// a new Credential of the same name and another type) is not silently replaced: the apply
+/// would drop the old type's keys.
+pub fn check_same_type(credential: &Credential, journal: &Journal) -> Result<(), Refusal> {
+    match &journal.generator {
+        Some(g) if !g.starts_with(generator_family(credential.spec.type_)) => {
+            Err(Refusal::Conflict(format!(
+                "Secret {} holds a value written for another type of Credential (generator {g}); a {} Credential would replace it. Delete the Secret if its value is no longer needed, or choose another spec.secretName",
+                credential.secret_name(),
+                credential.spec.type_.as_str()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The outcome of planning: the Secret's desired data and journal.
@@ -222,6 +249,7 @@ pub fn plan(
         (Ownership::Managed, Some(s)) => Journal::read(s),
         _ => Journal::default(),
     };
+    check_same_type(credential, &journal)?;
     let current = string_data(secret);
     let request = credential.annotations().get(ROTATE_REQUESTED_AT).cloned();
     let requested =
@@ -428,7 +456,7 @@ pub fn desired_secret(credential: &Credential, plan: &Plan) -> Secret {
 }
 
 /// Whether applying `desired` would change anything Bulkhead owns in `current`.
-pub fn differs(current: Option<&Secret>, desired: &Secret) -> bool {
+pub fn differs(type_: CredentialType, current: Option<&Secret>, desired: &Secret) -> bool {
     let Some(current) = current else { return true };
     let subset = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
@@ -450,7 +478,7 @@ pub fn differs(current: Option<&Secret>, desired: &Secret) -> bool {
         s.data
             .iter()
             .flatten()
-            .filter(|(k, _)| is_managed_key(k))
+            .filter(|(k, _)| is_managed_key(type_, k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
@@ -558,7 +586,11 @@ mod tests {
         let mut d = c.clone();
         d.spec.deletion_policy = DeletionPolicy::Delete;
         let with_owner = desired_secret(&d, &plan);
-        assert!(differs(Some(&with_owner), &desired_secret(&c, &plan)));
+        assert!(differs(
+            c.spec.type_,
+            Some(&with_owner),
+            &desired_secret(&c, &plan)
+        ));
     }
 
     #[test]
@@ -576,7 +608,11 @@ mod tests {
         .unwrap();
         assert_eq!(later.change, None);
         assert_eq!(later.data, first.data);
-        assert!(!differs(Some(&s), &desired_secret(&c, &later)));
+        assert!(!differs(
+            c.spec.type_,
+            Some(&s),
+            &desired_secret(&c, &later)
+        ));
     }
 
     #[test]
