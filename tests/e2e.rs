@@ -914,3 +914,79 @@ fn audit_requests_are_classified_by_namespace_and_kind() {
         .is_discovery_or_self_review()
     );
 }
+
+/// Without a Secret watch (the default Role cannot list or watch Secrets), drift is repaired by
+/// the periodic re-read by name; a re-check that finds nothing to repair writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_by_the_periodic_recheck_which_otherwise_writes_nothing() {
+    let Some(binaries) = Binaries::from_env_or_skip() else {
+        return;
+    };
+    let cluster = Cluster::start(binaries.without_controller_manager());
+    cluster.install_crds();
+    let ns = "team-a";
+    let admin = cluster.admin_client().await;
+    let mut options = OperatorOptions::new(ns, "op-a");
+    options.extra_args = vec!["--drift-check-interval=3s".into()];
+    let (release, mut operator) = release_and_operator(&cluster, ns, &[], &options);
+    operator.wait_leader(WAIT);
+    create(&admin, ns, &random_credential(ns, "edited")).await;
+    create(&admin, ns, &random_credential(ns, "deleted")).await;
+    let original = wait_value(&admin, ns, "edited", WAIT).await;
+    wait_value(&admin, ns, "deleted", WAIT).await;
+    wait_condition(&admin, ns, "edited", "Ready", "True").await;
+    wait_condition(&admin, ns, "deleted", "Ready", "True").await;
+
+    // Quiet re-checks: reads by name, no write at all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let to = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let audit = cluster.audit();
+    let user = release.user();
+    let window = audit.by_user_between(&user, from, to);
+    let rereads = window
+        .iter()
+        .filter(|e| e.verb == "get" && e.resource() == "secrets" && e.name() == "edited")
+        .count();
+    assert!(
+        rereads >= 2,
+        "{rereads} re-reads of Secret edited in 10 s with a 3 s interval"
+    );
+    let writes: Vec<String> = window
+        .iter()
+        .filter(|e| e.is_write() && e.resource() != "leases")
+        .map(|e| e.describe())
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "writes while nothing drifted: {writes:#?}"
+    );
+
+    // Someone edits a value: replaced by a fresh one, the edited one kept as previous.
+    let patch = json!({"stringData": {"value": "edited-by-hand"}});
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .patch("edited", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let repaired = eventually("edited value repaired", Duration::from_secs(20), || async {
+        secret(&admin, ns, "edited")
+            .await
+            .filter(|s| data(s, "value").is_some_and(|v| v != "edited-by-hand"))
+    })
+    .await;
+    assert_eq!(
+        data(&repaired, "value.previous").as_deref(),
+        Some("edited-by-hand")
+    );
+    assert_ne!(data(&repaired, "value"), data(&original, "value"));
+
+    // Someone deletes a managed Secret: it comes back.
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .delete("deleted", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_value(&admin, ns, "deleted", Duration::from_secs(20)).await;
+    assert_confined(&cluster.audit(), &release, &[]);
+}

@@ -797,6 +797,8 @@ pub struct OperatorOptions {
     pub renew_grace: String,
     pub restart_targets: Vec<String>,
     pub extra_args: Vec<String>,
+    /// Extra environment (the process otherwise gets only KUBECONFIG and RUST_BACKTRACE).
+    pub env: Vec<(String, String)>,
 }
 
 impl OperatorOptions {
@@ -808,6 +810,7 @@ impl OperatorOptions {
             renew_grace: "4s".to_owned(),
             restart_targets: Vec::new(),
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -855,6 +858,7 @@ impl Operator {
             cmd.arg(format!("--restart-target={target}"));
         }
         cmd.args(&options.extra_args);
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         let log = cluster.dir.join(format!(
             "operator-{}-{}.log",
             options.namespace, options.pod_name
