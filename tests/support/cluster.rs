@@ -1,0 +1,1151 @@
+//! An envtest-like Kubernetes control plane for the end-to-end suite and the benchmark: etcd,
+//! kube-apiserver and (optionally) kube-controller-manager started from the binaries named by
+//! `BULKHEAD_E2E_ETCD`, `BULKHEAD_E2E_KUBE_APISERVER` and `BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER`.
+//!
+//! Free loopback ports, certificates made at start with the `openssl` CLI, RBAC authorization,
+//! ServiceAccount token signing (`kubectl create token` works), a JSON audit log at Metadata level
+//! with a parser. Every process runs in its own process group, killed on drop, so a failing test
+//! (a panic unwinds through `Drop`) leaves nothing running. Nothing is ever downloaded or built:
+//! without the variables the suite skips itself with one line.
+//!
+//! The operator runs as a local process (the `bulkhead` binary cargo built) with a kubeconfig
+//! holding a token of the chart's ServiceAccount, so it has exactly the chart's Role.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+pub const ENV_ETCD: &str = "BULKHEAD_E2E_ETCD";
+pub const ENV_APISERVER: &str = "BULKHEAD_E2E_KUBE_APISERVER";
+pub const ENV_CONTROLLER_MANAGER: &str = "BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER";
+/// Keep the temporary directory (logs, audit log, kubeconfigs) after the run.
+pub const ENV_KEEP: &str = "BULKHEAD_E2E_KEEP";
+
+/// The one line every e2e test prints when the binaries are not configured.
+pub const SKIP_LINE: &str = "skipped: set BULKHEAD_E2E_ETCD, BULKHEAD_E2E_KUBE_APISERVER and BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER to run the e2e suite";
+
+/// The service account issuer; `kubectl create token` tokens carry it.
+const ISSUER: &str = "https://kubernetes.default.svc";
+const SERVICE_CIDR: &str = "10.0.0.0/24";
+
+/// The control-plane binaries.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub apiserver: PathBuf,
+    pub controller_manager: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// The binaries from the environment; `None` (after printing [`SKIP_LINE`]) when etcd or
+    /// the API server is not configured. A variable that names a missing file is a failure,
+    /// not a skip: the suite was asked to run.
+    pub fn from_env_or_skip() -> Option<Self> {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let (Some(etcd), Some(apiserver)) = (var(ENV_ETCD), var(ENV_APISERVER)) else {
+            println!("{SKIP_LINE}");
+            return None;
+        };
+        let controller_manager = var(ENV_CONTROLLER_MANAGER);
+        for (name, path) in [
+            (ENV_ETCD, Some(&etcd)),
+            (ENV_APISERVER, Some(&apiserver)),
+            (ENV_CONTROLLER_MANAGER, controller_manager.as_ref()),
+        ] {
+            if let Some(path) = path {
+                assert!(path.is_file(), "{name}={} is not a file", path.display());
+            }
+        }
+        Some(Self {
+            etcd,
+            apiserver,
+            controller_manager,
+        })
+    }
+
+    /// The same binaries without the controller manager (no garbage collection, less noise).
+    pub fn without_controller_manager(mut self) -> Self {
+        self.controller_manager = None;
+        self
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `helm`/`kubectl`: `$BULKHEAD_TOOLS_DIR/bin`, then `.tools/bin` (hack/install-tools.sh), then
+/// `PATH`.
+pub fn tool(name: &str) -> PathBuf {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("BULKHEAD_TOOLS_DIR") {
+        dirs.push(PathBuf::from(dir).join("bin"));
+    }
+    dirs.push(repo().join(".tools").join("bin"));
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found in $BULKHEAD_TOOLS_DIR/bin, .tools/bin or PATH: run hack/install-tools.sh"))
+}
+
+/// A loopback port nobody listens on (and that this process has not handed out before).
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+fn unique_dir(prefix: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let base =
+        std::env::var_os("BULKHEAD_E2E_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = base.join(format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        Timestamp::now().as_millisecond()
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run a command, panicking with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn signal_group(pgid: u32, signal: &str) {
+    // kill(1): the crate forbids unsafe code, so no libc::kill.
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), "--".to_owned(), format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A child in its own process group, logging to a file; killed (the whole group) on drop.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Process {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (TERM, KILL, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().unwrap();
+        }
+        self.exited
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_exit().is_none()
+    }
+
+    /// Wait for the exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill the whole process group and reap the child.
+    pub fn kill(&mut self) {
+        signal_group(self.pid(), "KILL");
+        if self.exited.is_none() {
+            self.exited = self.child.wait().ok();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// User plus system CPU time so far, in clock ticks (utime + stime of /proc/<pid>/stat).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The command name may contain spaces: fields are counted after the closing paren.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.name.starts_with("operator") {
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(40)
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Clock ticks per second for [`Process::cpu_ticks`].
+pub fn clock_ticks_per_second() -> u64 {
+    run_ok(Command::new("getconf").arg("CLK_TCK"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Minimal HTTP/1.1 GET on loopback (probes, metrics, etcd health): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    procs: &mut [&mut Process],
+    mut ok: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        for p in procs.iter_mut() {
+            if let Some(status) = p.try_exit() {
+                panic!(
+                    "{} exited ({status}) while waiting for {what}:\n{}",
+                    p.name,
+                    p.log_tail(40)
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running control plane in a temporary directory.
+pub struct Cluster {
+    pub dir: PathBuf,
+    binaries: Binaries,
+    etcd: Option<Process>,
+    apiserver: Option<Process>,
+    controller_manager: Option<Process>,
+    pub api_port: u16,
+    etcd_port: u16,
+    admin_token: String,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(Command::new("openssl").current_dir(dir).args(args));
+}
+
+impl Cluster {
+    /// Start etcd, kube-apiserver and, when configured, kube-controller-manager; returns when
+    /// the API server is ready (and the controller manager healthy).
+    pub fn start(binaries: Binaries) -> Self {
+        let started = Instant::now();
+        let dir = unique_dir("bulkhead-e2e");
+        let pki = dir.join("pki");
+        fs::create_dir_all(&pki).unwrap();
+        // A CA, a serving certificate for 127.0.0.1, the ServiceAccount signing key.
+        openssl(
+            &pki,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bulkhead-e2e-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        openssl(
+            &pki,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=kube-apiserver",
+                "-keyout",
+                "apiserver.key",
+                "-out",
+                "apiserver.csr",
+            ],
+        );
+        fs::write(
+            pki.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+        )
+        .unwrap();
+        openssl(
+            &pki,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "apiserver.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "apiserver.crt",
+            ],
+        );
+        openssl(&pki, &["genrsa", "-out", "sa.key", "2048"]);
+        openssl(&pki, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+        let admin_token = run_ok(Command::new("openssl").args(["rand", "-hex", "24"]))
+            .trim()
+            .to_owned();
+        fs::write(
+            pki.join("tokens.csv"),
+            format!("{admin_token},admin,admin-uid,\"system:masters\"\n"),
+        )
+        .unwrap();
+        // Metadata level for everything: who did what to which object, never a body.
+        fs::write(
+            dir.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
+        )
+        .unwrap();
+
+        let etcd_port = free_port();
+        let api_port = free_port();
+        let mut cluster = Self {
+            dir,
+            binaries,
+            etcd: None,
+            apiserver: None,
+            controller_manager: None,
+            api_port,
+            etcd_port,
+            admin_token,
+        };
+        cluster.write_kubeconfig(
+            &cluster.admin_kubeconfig(),
+            "admin",
+            &cluster.admin_token.clone(),
+        );
+        cluster.start_etcd();
+        cluster.start_apiserver();
+        cluster.start_controller_manager();
+        eprintln!(
+            "e2e: control plane up in {:.1}s at {} (dir {})",
+            started.elapsed().as_secs_f64(),
+            cluster.server(),
+            cluster.dir.display()
+        );
+        cluster
+    }
+
+    fn start_etcd(&mut self) {
+        let peer = free_port();
+        let url = format!("http://127.0.0.1:{}", self.etcd_port);
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new(&self.binaries.etcd);
+        cmd.env_remove("ETCDCTL_API")
+            .arg("--name=e2e")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.join("etcd-data").display()
+            ))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=e2e={peer_url}"))
+            .arg("--initial-cluster-state=new");
+        let mut etcd = Process::spawn("etcd", &mut cmd, &self.dir.join("etcd.log"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.etcd_port).parse().unwrap();
+        wait_for(
+            "etcd /health",
+            Duration::from_secs(60),
+            &mut [&mut etcd],
+            || {
+                http_get(addr, "/health")
+                    .is_some_and(|(code, body)| code == 200 && body.contains("\"health\":\"true\""))
+            },
+        );
+        self.etcd = Some(etcd);
+    }
+
+    /// Start (or restart) the API server on its port, with the same data and keys.
+    pub fn start_apiserver(&mut self) {
+        assert!(self.apiserver.is_none(), "the API server is running");
+        let pki = self.dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let mut cmd = Command::new(&self.binaries.apiserver);
+        cmd.arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.api_port))
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
+            .arg(format!(
+                "--cert-dir={}",
+                pki.join("apiserver-generated").display()
+            ))
+            .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
+            .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
+            .arg(format!("--client-ca-file={}", p("ca.crt")))
+            .arg(format!("--token-auth-file={}", p("tokens.csv")))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-issuer={ISSUER}"))
+            .arg(format!("--service-account-key-file={}", p("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                p("sa.key")
+            ))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            .arg(format!(
+                "--audit-log-path={}",
+                self.audit_log_path().display()
+            ))
+            .arg(format!(
+                "--audit-policy-file={}",
+                self.dir.join("audit-policy.yaml").display()
+            ))
+            .arg("--audit-log-format=json")
+            .arg("--audit-log-mode=blocking")
+            .arg("--audit-log-maxbackup=0")
+            .arg("--audit-log-maxsize=0");
+        let apiserver = Process::spawn("kube-apiserver", &mut cmd, &self.dir.join("apiserver.log"));
+        self.apiserver = Some(apiserver);
+        self.wait_apiserver_ready(Duration::from_secs(120));
+    }
+
+    fn wait_apiserver_ready(&mut self, timeout: Duration) {
+        let kubectl = tool("kubectl");
+        let kubeconfig = self.admin_kubeconfig();
+        let mut procs: Vec<&mut Process> = self
+            .etcd
+            .iter_mut()
+            .chain(self.apiserver.iter_mut())
+            .collect();
+        wait_for("kube-apiserver /readyz", timeout, &mut procs, || {
+            Command::new(&kubectl)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args(["get", "--raw=/readyz", "--request-timeout=5s"])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok"
+                })
+        });
+    }
+
+    /// Stop the API server: SIGTERM (graceful) or SIGKILL, and wait until it is gone.
+    pub fn stop_apiserver(&mut self, signal: &str) {
+        let mut apiserver = self
+            .apiserver
+            .take()
+            .expect("the API server is not running");
+        apiserver.signal(signal);
+        if apiserver.wait_exit(Duration::from_secs(60)).is_none() {
+            apiserver.kill();
+        }
+        // Reap the whole group (nothing should be left), the log stays.
+        apiserver.kill();
+    }
+
+    fn start_controller_manager(&mut self) {
+        let Some(binary) = self.binaries.controller_manager.clone() else {
+            return;
+        };
+        let pki = self.dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let kubeconfig = self.admin_kubeconfig().display().to_string();
+        let port = free_port();
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("--kubeconfig={kubeconfig}"))
+            .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+            .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", pki.join("kcm-generated").display()))
+            .arg("--controllers=*,-bootstrapsigner,-tokencleaner,-service-ca-certificate-publisher-controller")
+            .arg("--use-service-account-credentials")
+            .arg("--leader-elect=false")
+            .arg(format!("--service-account-private-key-file={}", p("sa.key")))
+            .arg(format!("--root-ca-file={}", p("ca.crt")))
+            .arg(format!("--cluster-signing-cert-file={}", p("ca.crt")))
+            .arg(format!("--cluster-signing-key-file={}", p("ca.key")))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"));
+        let mut kcm = Process::spawn(
+            "kube-controller-manager",
+            &mut cmd,
+            &self.dir.join("kcm.log"),
+        );
+        // HTTPS with a self-signed serving certificate: curl -k is the simplest honest probe.
+        let curl_ok = || {
+            Command::new("curl")
+                .args(["-ksf", &format!("https://127.0.0.1:{port}/healthz")])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok"
+                })
+        };
+        wait_for(
+            "kube-controller-manager /healthz",
+            Duration::from_secs(120),
+            &mut [&mut kcm],
+            curl_ok,
+        );
+        self.controller_manager = Some(kcm);
+    }
+
+    pub fn has_controller_manager(&self) -> bool {
+        self.controller_manager.is_some()
+    }
+
+    pub fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("pki").join("ca.crt")
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// Write a kubeconfig for a bearer token.
+    pub fn write_kubeconfig(&self, path: &Path, user: &str, token: &str) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: {user}}}\ncurrent-context: e2e\n",
+            self.server(),
+            self.ca_file().display()
+        );
+        fs::write(path, text).unwrap();
+    }
+
+    /// A kube client from a kubeconfig file.
+    pub async fn client_from(path: &Path) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A cluster-admin client (group system:masters).
+    pub async fn admin_client(&self) -> kube::Client {
+        Self::client_from(&self.admin_kubeconfig()).await
+    }
+
+    /// kubectl as cluster admin.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(tool("kubectl"));
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            self.admin_kubeconfig().display()
+        ));
+        cmd
+    }
+
+    /// kubectl as cluster admin; panics on failure, returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        run_ok(self.kubectl().args(args))
+    }
+
+    /// The cluster-admin bundle (CRDs and aggregated ClusterRoles), applied as the README says,
+    /// and the CRDs established.
+    pub fn install_crds(&self) {
+        let crds = repo().join("crds-cluster");
+        self.kubectl_ok(&["apply", "--server-side", "-f", &crds.display().to_string()]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/tenants.bulkhead.dev",
+            "crd/credentials.bulkhead.dev",
+        ]);
+    }
+
+    /// Create a namespace, render the chart with the real helm (`helm template`, `--set` values)
+    /// and apply it there, as a team would with `helm install`.
+    pub fn install_release(&self, namespace: &str, set: &[&str]) -> Release {
+        self.kubectl_ok(&["create", "namespace", namespace]);
+        let mut helm = Command::new(tool("helm"));
+        helm.args(["template", "bulkhead"])
+            .arg(repo().join("chart"))
+            .args(["--namespace", namespace]);
+        for value in set {
+            helm.args(["--set", value]);
+        }
+        let rendered = run_ok(&mut helm);
+        let file = self.dir.join(format!("release-{namespace}.yaml"));
+        fs::write(&file, &rendered).unwrap();
+        self.kubectl_ok(&["apply", "-n", namespace, "-f", &file.display().to_string()]);
+        Release {
+            namespace: namespace.to_owned(),
+            name: "bulkhead".to_owned(),
+            service_account: "bulkhead".to_owned(),
+            rendered,
+        }
+    }
+
+    /// A kubeconfig holding a fresh token of the release's ServiceAccount
+    /// (`kubectl create token`): the operator gets exactly the chart's Role.
+    pub fn service_account_kubeconfig(&self, release: &Release) -> PathBuf {
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            &release.service_account,
+            "-n",
+            &release.namespace,
+            "--duration=4h",
+        ]);
+        let path = self.dir.join(format!(
+            "{}-{}.kubeconfig",
+            release.namespace, release.service_account
+        ));
+        self.write_kubeconfig(&path, &release.service_account, token.trim());
+        path
+    }
+
+    pub fn audit(&self) -> AuditLog {
+        AuditLog::read(&self.audit_log_path())
+    }
+
+    fn keep(&self) -> bool {
+        std::env::var_os(ENV_KEEP).is_some_and(|v| v == "1") || std::thread::panicking()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Reverse start order; each Process drop kills its group.
+        drop(self.controller_manager.take());
+        drop(self.apiserver.take());
+        drop(self.etcd.take());
+        if self.keep() {
+            eprintln!(
+                "e2e: kept {} (logs, audit.log, kubeconfigs)",
+                self.dir.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A chart release applied into a namespace.
+pub struct Release {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    /// The manifests `helm template` rendered.
+    pub rendered: String,
+}
+
+impl Release {
+    /// The audit user name of the release's ServiceAccount.
+    pub fn user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// How to run one operator process.
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub namespace: String,
+    /// `--pod-name`: the Lease holder identity starts with it.
+    pub pod_name: String,
+    pub lease_duration: String,
+    pub renew_grace: String,
+    pub restart_targets: Vec<String>,
+    pub extra_args: Vec<String>,
+    /// Extra environment (the process otherwise gets only KUBECONFIG and RUST_BACKTRACE).
+    pub env: Vec<(String, String)>,
+}
+
+impl OperatorOptions {
+    pub fn new(namespace: &str, pod_name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            pod_name: pod_name.to_owned(),
+            lease_duration: "10s".to_owned(),
+            renew_grace: "4s".to_owned(),
+            restart_targets: Vec::new(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The `bulkhead` binary: `BULKHEAD_E2E_OPERATOR` when set (hack/e2e.sh sets it to a private
+/// copy, so a build of another checkout into a shared target directory cannot swap it
+/// mid-run), else the one cargo built for this test run.
+pub fn operator_binary() -> PathBuf {
+    std::env::var_os("BULKHEAD_E2E_OPERATOR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_bulkhead")),
+            PathBuf::from,
+        )
+}
+
+/// A running `bulkhead run` process.
+pub struct Operator {
+    pub process: Process,
+    pub probe: SocketAddr,
+    pub metrics: SocketAddr,
+    pub started: Instant,
+    pub options: OperatorOptions,
+}
+
+impl Operator {
+    /// Start `bulkhead run` with the kubeconfig (a ServiceAccount token) on free ports.
+    pub fn start(cluster: &Cluster, kubeconfig: &Path, options: &OperatorOptions) -> Self {
+        let probe: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(operator_binary());
+        cmd.env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_BACKTRACE", "1")
+            .arg("run")
+            .arg(format!("--namespace={}", options.namespace))
+            .arg(format!("--pod-name={}", options.pod_name))
+            .arg(format!("--lease-duration={}", options.lease_duration))
+            .arg(format!("--lease-renew-grace={}", options.renew_grace))
+            .arg(format!("--probe-addr={probe}"))
+            .arg(format!("--metrics-addr={metrics}"))
+            .arg("--log-format=text")
+            .arg("--log-level=info");
+        for target in &options.restart_targets {
+            cmd.arg(format!("--restart-target={target}"));
+        }
+        cmd.args(&options.extra_args);
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
+        let log = cluster.dir.join(format!(
+            "operator-{}-{}.log",
+            options.namespace, options.pod_name
+        ));
+        let started = Instant::now();
+        let process = Process::spawn(
+            &format!("operator {}/{}", options.namespace, options.pod_name),
+            &mut cmd,
+            &log,
+        );
+        Self {
+            process,
+            probe,
+            metrics,
+            started,
+            options: options.clone(),
+        }
+    }
+
+    pub fn readyz(&self) -> Option<(u16, String)> {
+        http_get(self.probe, "/readyz")
+    }
+
+    /// Wait until `/readyz` answers 200; returns the time since the process started.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.readyz().is_some_and(|(code, _)| code == 200) {
+                return self.started.elapsed();
+            }
+            if let Some(status) = self.process.try_exit() {
+                panic!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.process.name,
+                    self.process.log_tail(40)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready after {timeout:?}: {:?}\n{}",
+                self.process.name,
+                self.readyz(),
+                self.process.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The Prometheus exposition text.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// One unlabelled (or fully spelled-out) sample, e.g. `bulkhead_leader`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        self.metrics_text().lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metric("bulkhead_leader") == Some(1.0)
+    }
+
+    /// Wait until this process holds the Lease (its `bulkhead_leader` gauge is 1).
+    pub fn wait_leader(&mut self, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_leader() {
+                return self.started.elapsed();
+            }
+            if let Some(status) = self.process.try_exit() {
+                panic!(
+                    "{} exited ({status}):\n{}",
+                    self.process.name,
+                    self.process.log_tail(40)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not lead within {timeout:?}:\n{}",
+                self.process.name,
+                self.process.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ---- the audit log -------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditUser {
+    #[serde(default)]
+    pub username: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditObjectRef {
+    #[serde(default)]
+    pub resource: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub api_group: String,
+    #[serde(default)]
+    pub subresource: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AuditStatus {
+    #[serde(default)]
+    pub code: u16,
+}
+
+/// One request, as the API server audited it (Metadata level).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    #[serde(rename = "auditID")]
+    pub audit_id: String,
+    pub stage: String,
+    #[serde(rename = "requestURI")]
+    pub request_uri: String,
+    pub verb: String,
+    pub user: AuditUser,
+    #[serde(default)]
+    pub object_ref: Option<AuditObjectRef>,
+    #[serde(default)]
+    pub response_status: Option<AuditStatus>,
+    pub request_received_timestamp: Timestamp,
+}
+
+impl AuditEvent {
+    pub fn path(&self) -> &str {
+        self.request_uri.split('?').next().unwrap_or_default()
+    }
+
+    pub fn resource(&self) -> &str {
+        self.object_ref.as_ref().map_or("", |o| o.resource.as_str())
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.object_ref
+            .as_ref()
+            .map_or("", |o| o.namespace.as_str())
+    }
+
+    pub fn name(&self) -> &str {
+        self.object_ref.as_ref().map_or("", |o| o.name.as_str())
+    }
+
+    pub fn code(&self) -> u16 {
+        self.response_status.as_ref().map_or(0, |s| s.code)
+    }
+
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+
+    /// Discovery, or the self-reviews every authenticated user may make (SPEC §2).
+    pub fn is_discovery_or_self_review(&self) -> bool {
+        let path = self.path();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let discovery = matches!(
+            segments.as_slice(),
+            ["api"] | ["api", _] | ["apis"] | ["apis", _] | ["apis", _, _] | ["version"]
+        ) || path.starts_with("/openapi/");
+        let self_review = path == "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
+            || path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+        discovery || self_review
+    }
+
+    /// A request under `/api{,s}/.../namespaces/<namespace>/...`.
+    pub fn is_within(&self, namespace: &str) -> bool {
+        let path = self.path();
+        let marker = format!("/namespaces/{namespace}/");
+        let core = path.starts_with(&format!("/api/v1{marker}"));
+        let grouped = path.starts_with("/apis/")
+            && path
+                .splitn(5, '/')
+                .nth(4)
+                .is_some_and(|rest| format!("/{rest}").starts_with(&marker));
+        core || grouped
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} -> {} ({})",
+            self.verb,
+            self.request_uri,
+            self.code(),
+            self.request_received_timestamp
+        )
+    }
+}
+
+/// The audit log, one entry per request (the last stage seen of each audit ID).
+pub struct AuditLog {
+    pub events: Vec<AuditEvent>,
+}
+
+impl AuditLog {
+    pub fn read(path: &Path) -> Self {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let mut by_id: BTreeMap<String, AuditEvent> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // The last line may be half-written while the server runs.
+            let Ok(event) = serde_json::from_str::<AuditEvent>(line) else {
+                continue;
+            };
+            by_id.insert(event.audit_id.clone(), event);
+        }
+        let mut events: Vec<AuditEvent> = by_id.into_values().collect();
+        events.sort_by_key(|e| e.request_received_timestamp);
+        Self { events }
+    }
+
+    /// Requests made by `user` (the authenticated user, not an impersonated one).
+    pub fn by_user<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a AuditEvent> + 'a {
+        self.events.iter().filter(move |e| e.user.username == user)
+    }
+
+    /// Requests made by `user` received within [from, to).
+    pub fn by_user_between<'a>(
+        &'a self,
+        user: &'a str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Vec<&'a AuditEvent> {
+        self.by_user(user)
+            .filter(|e| e.request_received_timestamp >= from && e.request_received_timestamp < to)
+            .collect()
+    }
+}
+
+// ---- objects and polling -------------------------------------------------------------------------
+
+/// A Credential from its spec (JSON, as a user writes it).
+pub fn credential(
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> bulkhead::api::Credential {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bulkhead.dev/v1alpha1",
+        "kind": "Credential",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// A `Random` Credential with the defaults.
+pub fn random_credential(namespace: &str, name: &str) -> bulkhead::api::Credential {
+    credential(
+        namespace,
+        name,
+        serde_json::json!({"type": "Random", "random": {"length": 32}}),
+    )
+}
+
+/// Poll `probe` every 50 ms until it returns `Some`, at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
