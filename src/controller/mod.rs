@@ -29,6 +29,9 @@ use crate::telemetry::Metrics;
 use crate::{Error, Result};
 pub use backoff::Backoff;
 
+/// Reconciles in flight per controller.
+pub const RECONCILE_CONCURRENCY: u16 = 8;
+
 /// The field manager of every server-side apply Bulkhead makes.
 pub const FIELD_MANAGER: &str = "bulkhead";
 
@@ -230,6 +233,8 @@ pub async fn run(
     // Drives the one Credential watch of this instance; subscribers see every applied object.
     let credential_watch = watcher(credentials_api, watcher::Config::default().any_semantic())
         .default_backoff()
+        // managedFields are most of an object's size and nothing here reads them.
+        .modify(|credential| credential.managed_fields_mut().clear())
         .reflect_shared(writer)
         .for_each(|event| {
             if let Err(err) = event {
@@ -267,7 +272,12 @@ pub async fn run(
         settings,
     ));
 
-    let mut credential_controller = Controller::for_shared_stream(credentials_to_reconcile, reader);
+    let mut credential_controller = Controller::for_shared_stream(credentials_to_reconcile, reader)
+        // A cold start with many Credentials must not run them all at once: memory (and the
+        // API server's load) stays bounded by this many reconciles in flight.
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        );
     if watch_secrets {
         // Opt-in: needs list/watch on Secrets (rbac.watchManagedSecrets).
         let secrets: Api<Secret> = Api::namespaced(client, &namespace);
