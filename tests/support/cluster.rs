@@ -165,11 +165,32 @@ fn signal_group(pgid: u32, signal: &str) {
 }
 
 /// A child in its own process group, logging to a file; killed (the whole group) on drop.
+///
+/// A drop does not run when the test process itself is killed (SIGKILL, or SIGINT from a
+/// terminal, which the children in their own groups do not get), so each child also has a
+/// watchdog shell that kills its group once the test process is gone.
 pub struct Process {
     pub name: String,
     child: Child,
     pub log: PathBuf,
     exited: Option<ExitStatus>,
+    watchdog: Option<Child>,
+}
+
+fn watchdog(pgid: u32) -> Option<Child> {
+    let script = format!(
+        // env kill: dash's builtin cannot signal a process group.
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; env kill -KILL -- -{pgid} 2>/dev/null",
+        std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
 }
 
 impl Process {
@@ -186,11 +207,13 @@ impl Process {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let watchdog = watchdog(child.id());
         Self {
             name: name.to_owned(),
             child,
             log: log.to_owned(),
             exited: None,
+            watchdog,
         }
     }
 
@@ -233,8 +256,9 @@ impl Process {
 
     /// Kill the whole process group and reap the child.
     pub fn kill(&mut self) {
-        signal_group(self.pid(), "KILL");
-        if self.exited.is_none() {
+        // Once reaped, the id may belong to someone else: signal only a live child's group.
+        if self.try_exit().is_none() {
+            signal_group(self.pid(), "KILL");
             self.exited = self.child.wait().ok();
         }
     }
@@ -279,6 +303,11 @@ impl Drop for Process {
                 self.log.display(),
                 self.log_tail(40)
             );
+        }
+        // The watchdog first: once the group is gone its id may be reused.
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
         }
         self.kill();
     }
