@@ -47,6 +47,8 @@ fn mib(kib: u64) -> f64 {
 /// One idle window of one or more instances.
 struct Idle {
     rss_kib: u64,
+    /// Private (anonymous) memory; the rest of RSS is the mapped binary and libraries.
+    anon_kib: u64,
     cpu_seconds: f64,
     requests_per_min: f64,
     lease_writes_per_min: f64,
@@ -62,6 +64,10 @@ async fn idle_window(cluster: &Cluster, instances: &[(&Operator, &Release)]) -> 
     let to = Timestamp::now();
     let cpu_after: u64 = instances.iter().map(|(o, _)| o.process.cpu_ticks()).sum();
     let rss_kib = instances.iter().map(|(o, _)| o.process.rss_kib()).sum();
+    let anon_kib = instances
+        .iter()
+        .map(|(o, _)| o.process.status_kib("RssAnon"))
+        .sum();
     // The audit log is written when a request completes; give the last ones a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let audit = cluster.audit();
@@ -86,6 +92,7 @@ async fn idle_window(cluster: &Cluster, instances: &[(&Operator, &Release)]) -> 
     }
     Idle {
         rss_kib,
+        anon_kib,
         cpu_seconds: (cpu_after - cpu_before) as f64 / ticks,
         requests_per_min: requests as f64 / minutes,
         lease_writes_per_min: lease_writes as f64 / minutes,
@@ -93,8 +100,14 @@ async fn idle_window(cluster: &Cluster, instances: &[(&Operator, &Release)]) -> 
     }
 }
 
-/// Create `names` as Random Credentials, 16 at a time, and wait for all their Secrets.
+/// Create `names` as Random Credentials, 16 at a time, and wait until the namespace has
+/// `total_expected` managed Secrets.
 async fn create_many(client: &Client, ns: &str, names: Vec<String>, total_expected: usize) {
+    create_all(client, ns, names).await;
+    wait_secrets(client, ns, total_expected).await;
+}
+
+async fn create_all(client: &Client, ns: &str, names: Vec<String>) {
     let api = Api::<Credential>::namespaced(client.clone(), ns);
     futures::stream::iter(names)
         .map(|name| {
@@ -109,6 +122,9 @@ async fn create_many(client: &Client, ns: &str, names: Vec<String>, total_expect
         .try_collect::<Vec<()>>()
         .await
         .unwrap();
+}
+
+async fn wait_secrets(client: &Client, ns: &str, total_expected: usize) {
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     cluster::eventually(
         &format!("{total_expected} Secrets in {ns}"),
@@ -190,13 +206,16 @@ fn machine() -> String {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let apiserver = std::env::var(cluster::ENV_APISERVER).unwrap_or_default();
-    let version = cluster::run_ok(Command::new(apiserver).arg("--version"))
-        .trim()
-        .to_owned();
+    let version = |var: &str| {
+        let binary = std::env::var(var).unwrap_or_default();
+        let out = cluster::run_ok(Command::new(binary).arg("--version"));
+        out.lines().next().unwrap_or_default().trim().to_owned()
+    };
     format!(
-        "{} · {nproc} CPUs ({model}) · {version} · operator built with `--release`",
-        Timestamp::now().strftime("%Y-%m-%d")
+        "{} · {nproc} CPUs ({model}) · {} · {} · operator built with `--release`",
+        Timestamp::now().strftime("%Y-%m-%d"),
+        version(cluster::ENV_APISERVER),
+        version(cluster::ENV_ETCD).replace("Version: ", "")
     )
 }
 
@@ -265,7 +284,36 @@ async fn per_instance_cost() {
         op.process.is_running(),
         "the instance survived 1000 Credentials"
     );
+    let steady_peak = op.process.status_kib("VmHWM");
+
+    // A restart with 1000 Credentials: every one reconciled at once by a cold instance.
+    op.process.signal("TERM");
+    assert!(
+        op.process
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
     drop(op);
+    let mut restarted = Operator::start(&cluster, &kubeconfig, &options(ns, "bench-restart"));
+    restarted.wait_leader(Duration::from_secs(60));
+    let cold = Instant::now();
+    cluster::eventually(
+        "1000 Credentials reconciled after the restart",
+        Duration::from_secs(300),
+        || async {
+            let n = restarted
+                .metric("bulkhead_reconcile_total{controller=\"credential\"}")
+                .unwrap_or(0.0);
+            (n >= 1000.0).then_some(())
+        },
+    )
+    .await;
+    let cold_reconcile = cold.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    let restart_peak = restarted.process.status_kib("VmHWM");
+    let restart_rss = restarted.process.rss_kib();
+    drop(restarted);
 
     // 20 instances in 20 namespaces, 5 Credentials each.
     let mut fleet = Vec::new();
@@ -305,7 +353,9 @@ async fn per_instance_cost() {
                 .join(" | ")
         )
     };
-    table.push_str(&row("idle RSS", &|w| format!("{:.1} MiB", mib(w.rss_kib))));
+    table.push_str(&row("idle RSS (of which private)", &|w| {
+        format!("{:.1} MiB ({:.1})", mib(w.rss_kib), mib(w.anon_kib))
+    }));
     table.push_str(&row("CPU over 60 s idle", &|w| {
         format!("{:.2} s", w.cpu_seconds)
     }));
@@ -332,6 +382,18 @@ async fn per_instance_cost() {
         ms(percentile(&lat, 0.50)),
         ms(percentile(&lat, 0.95)),
         ms(percentile(&lat, 0.99))
+    );
+    let _ = writeln!(
+        table,
+        "| peak RSS while 1000 Credentials were created one by one or 16 at a time | {:.1} MiB |",
+        mib(steady_peak)
+    );
+    let _ = writeln!(
+        table,
+        "| restart with 1000 Credentials: all reconciled in / peak RSS / RSS 10 s later | {:.1} s / {:.1} MiB / {:.1} MiB |",
+        cold_reconcile.as_secs_f64(),
+        mib(restart_peak),
+        mib(restart_rss)
     );
     let _ = writeln!(
         table,
@@ -379,11 +441,11 @@ async fn memory_knobs() {
     let admin = cluster.admin_client().await;
     let empty = cluster.install_release("empty", &[]);
     let full = cluster.install_release("full", &[]);
-    create_many(
+    // Created before any instance runs; the first one to lead writes the Secrets.
+    create_all(
         &admin,
         "full",
         (0..1000).map(|i| format!("c{i:04}")).collect(),
-        1000,
     )
     .await;
     let variants: [(&str, &[(&str, &str)]); 4] = [

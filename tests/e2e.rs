@@ -373,11 +373,27 @@ async fn one_release_manages_credentials_with_only_its_role() {
             .get("tenant")
             .await
             .ok()?;
-        let counts = t.status?.credentials?;
-        (counts.total == 5 && counts.ready == 4).then_some(counts)
+        let status = t.status?;
+        let counts = status.credentials?;
+        (counts.total == 5 && counts.ready == 4).then_some((status, t.metadata.generation))
     })
     .await;
-    assert_eq!((counts.total, counts.ready), (5, 4));
+    let (tenant_status, generation) = counts;
+    let ready = tenant_status
+        .conditions
+        .find("Ready")
+        .expect("Tenant Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.observed_generation),
+        ("True", generation)
+    );
+    assert_eq!(tenant_status.observed_generation, generation);
+    assert_eq!(ready.reason, "LocalOnly");
+    assert!(
+        ready.message.contains("4 of 5 credentials ready"),
+        "{}",
+        ready.message
+    );
 
     // Manual rotation: a new value, the old one kept, the permitted Deployment restarted.
     request_rotation(&admin, ns, "db", "2026-11-22T12:00:00Z").await;

@@ -49,7 +49,7 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The binaries from the environment; `None` (after printing [`SKIP_LINE`]) when etcd or
+    /// The binaries from the environment; `None` (after printing [`SKIP_LINE`], uncaptured) when etcd or
     /// the API server is not configured. A variable that names a missing file is a failure,
     /// not a skip: the suite was asked to run.
     pub fn from_env_or_skip() -> Option<Self> {
@@ -59,7 +59,9 @@ impl Binaries {
                 .map(PathBuf::from)
         };
         let (Some(etcd), Some(apiserver)) = (var(ENV_ETCD), var(ENV_APISERVER)) else {
-            println!("{SKIP_LINE}");
+            // Straight to the file descriptor: libtest captures println!, and CI should say
+            // that the e2e tests were skipped.
+            let _ = writeln!(std::io::stdout(), "{SKIP_LINE}");
             return None;
         };
         let controller_manager = var(ENV_CONTROLLER_MANAGER);
@@ -165,11 +167,32 @@ fn signal_group(pgid: u32, signal: &str) {
 }
 
 /// A child in its own process group, logging to a file; killed (the whole group) on drop.
+///
+/// A drop does not run when the test process itself is killed (SIGKILL, or SIGINT from a
+/// terminal, which the children in their own groups do not get), so each child also has a
+/// watchdog shell that kills its group once the test process is gone.
 pub struct Process {
     pub name: String,
     child: Child,
     pub log: PathBuf,
     exited: Option<ExitStatus>,
+    watchdog: Option<Child>,
+}
+
+fn watchdog(pgid: u32) -> Option<Child> {
+    let script = format!(
+        // env kill: dash's builtin cannot signal a process group.
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; env kill -KILL -- -{pgid} 2>/dev/null",
+        std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
 }
 
 impl Process {
@@ -186,11 +209,13 @@ impl Process {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let watchdog = watchdog(child.id());
         Self {
             name: name.to_owned(),
             child,
             log: log.to_owned(),
             exited: None,
+            watchdog,
         }
     }
 
@@ -233,8 +258,9 @@ impl Process {
 
     /// Kill the whole process group and reap the child.
     pub fn kill(&mut self) {
-        signal_group(self.pid(), "KILL");
-        if self.exited.is_none() {
+        // Once reaped, the id may belong to someone else: signal only a live child's group.
+        if self.try_exit().is_none() {
+            signal_group(self.pid(), "KILL");
             self.exited = self.child.wait().ok();
         }
     }
@@ -251,12 +277,17 @@ impl Process {
 
     /// Resident memory (VmRSS), in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// A KiB field of /proc/<pid>/status: VmRSS, VmHWM (peak RSS), RssAnon (private), ...
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// User plus system CPU time so far, in clock ticks (utime + stime of /proc/<pid>/stat).
@@ -279,6 +310,11 @@ impl Drop for Process {
                 self.log.display(),
                 self.log_tail(40)
             );
+        }
+        // The watchdog first: once the group is gone its id may be reused.
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
         }
         self.kill();
     }
