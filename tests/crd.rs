@@ -563,3 +563,20 @@ fn bundle_parses_and_holds_only_crds_and_aggregated_cluster_roles() {
     let view_verbs = &docs[3]["rules"][0]["verbs"];
     assert_eq!(view_verbs, &json!(["get", "list", "watch"]));
 }
+
+#[test]
+fn integer_formats_are_ones_kubernetes_knows() {
+    // An API server warns on every apply about formats it does not recognise (uint8, uint32).
+    let bundle = bulkhead::cli::crd_bundle().unwrap();
+    let unknown: Vec<&str> = bundle
+        .lines()
+        .filter(|l| l.trim_start().starts_with("format:"))
+        .filter(|l| {
+            !matches!(
+                l.trim(),
+                "format: int32" | "format: int64" | "format: date-time"
+            )
+        })
+        .collect();
+    assert!(unknown.is_empty(), "{unknown:?}");
+}

@@ -156,6 +156,8 @@ pub struct RandomSpec {
     /// Number of characters, 8 to 4096.
     #[serde(default = "default_random_length")]
     #[schemars(range(min = 8, max = 4096))]
+    // Kubernetes knows int32/int64 only; uint formats draw a warning on apply.
+    #[schemars(extend("format" = "int32"))]
     pub length: u32,
     /// Characters to draw from.
     #[serde(default)]
@@ -197,6 +199,8 @@ pub struct KeySetSpec {
     /// Keys retained, 2 to 16: one staged, one primary, the rest secondary.
     #[serde(default = "default_key_set_size")]
     #[schemars(range(min = 2, max = 16))]
+    // Kubernetes knows int32/int64 only; uint formats draw a warning on apply.
+    #[schemars(extend("format" = "int32"))]
     pub size: u8,
 }
 

@@ -158,7 +158,11 @@ pub struct IdentityStatus {
 #[serde(rename_all = "camelCase")]
 pub struct CredentialCounts {
     /// Credentials in the namespace.
+    // Kubernetes knows int32/int64 only; uint formats draw a warning on apply.
+    #[schemars(extend("format" = "int32"))]
     pub total: u32,
     /// Credentials whose Ready condition is True.
+    // Kubernetes knows int32/int64 only; uint formats draw a warning on apply.
+    #[schemars(extend("format" = "int32"))]
     pub ready: u32,
 }
