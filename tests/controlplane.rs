@@ -792,3 +792,42 @@ async fn an_identity_near_expiry_is_warned_about() {
     );
     op.stop().await;
 }
+
+#[tokio::test]
+async fn nothing_is_issued_once_the_tenant_is_gone() {
+    let w = world().await;
+    let (double, _, op) = linked_operator(
+        &w,
+        json!({}),
+        &[("jobs", CredentialType::ControlPlaneToken)],
+    );
+    let token = eventually("token", || secret_data(&double, "jobs", "token")).await;
+    double
+        .delete_json("bulkhead.dev", "tenants", NS, "tenant")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.cp.clear_requests();
+    let mut c: Credential = double.get(NS, "jobs").unwrap();
+    c.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("bulkhead.dev/rotate-requested-at".into(), "after".into());
+    double.insert(&c);
+    eventually("waits for a linked Tenant", || {
+        let c: Credential = double.get(NS, "jobs")?;
+        let ready = c.status?.conditions.find("Ready")?.clone();
+        (ready.reason == "ControlPlaneNotLinked").then_some(())
+    })
+    .await;
+    assert!(
+        w.cp.requests().iter().all(|r| !r.path.ends_with("/tokens")),
+        "{:?}",
+        w.cp.requests()
+    );
+    assert_eq!(
+        secret_data(&double, "jobs", "token"),
+        Some(token),
+        "the issued value stays"
+    );
+    op.stop().await;
+}

@@ -14,10 +14,12 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::restart::{self, RestartOutcome};
 use super::{Context, FIELD_MANAGER, instrumented};
+use crate::api::TENANT_NAME;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, Transition};
 use crate::api::credential::{Credential, CredentialStatus, condition};
 use crate::controlplane::client::ControlPlaneError;
@@ -219,7 +221,14 @@ async fn plan_issued(
         Ok(Decision::Keep(plan)) => return Ok(Ok(plan)),
         Ok(Decision::Issue { request, change }) => (request, change),
     };
-    let Some(client) = ctx.link.current() else {
+    // The link belongs to the Tenant: once it is deleted (or drops spec.controlPlane), nothing
+    // more is issued through a client it left behind.
+    let tenant = ctx
+        .tenants
+        .get(&ObjectRef::new(TENANT_NAME).within(&ctx.namespace));
+    let linked_tenant = tenant.is_some_and(|t| t.spec.control_plane.is_some());
+    let client = ctx.link.current().filter(|_| linked_tenant);
+    let Some(client) = client else {
         return Ok(Err(Refusal::NeedsControlPlane(credential.spec.type_)));
     };
     let value = match request {

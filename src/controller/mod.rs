@@ -45,10 +45,20 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub credentials: Store<Credential>,
+    /// The Tenant controller's cache (issued Credentials need a linked Tenant).
+    pub tenants: Store<Tenant>,
     pub backoff: Backoff,
     pub settings: Settings,
     /// The control-plane client in use (built by the Tenant controller).
     pub link: Arc<crate::controlplane::Link>,
+    /// The identity Secret, from a watch on exactly that name.
+    pub identity: Store<Secret>,
+}
+
+/// The caches a reconcile reads.
+pub struct Stores {
+    pub credentials: Store<Credential>,
+    pub tenants: Store<Tenant>,
     /// The identity Secret, from a watch on exactly that name.
     pub identity: Store<Secret>,
 }
@@ -83,8 +93,7 @@ impl Context {
         namespace: String,
         metrics: Arc<Metrics>,
         instance: String,
-        credentials: Store<Credential>,
-        identity: Store<Secret>,
+        stores: Stores,
         settings: Settings,
     ) -> Self {
         let reporter = Reporter {
@@ -95,14 +104,15 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace,
-            credentials,
+            credentials: stores.credentials,
+            tenants: stores.tenants,
             backoff: Backoff::default(),
             link: Arc::new(crate::controlplane::Link::new(
                 settings.control_plane.clone(),
                 Some(metrics.clone()),
             )),
             metrics,
-            identity,
+            identity: stores.identity,
             settings,
         }
     }
@@ -262,13 +272,17 @@ pub async fn run(
             Err(err) => Some(Err(err)),
         })
     });
+    let tenant_base = Controller::new(tenants_api, watcher::Config::default().any_semantic());
     let ctx = Arc::new(Context::new(
         client.clone(),
         namespace.clone(),
         metrics,
         instance,
-        reader.clone(),
-        identity_reader,
+        Stores {
+            credentials: reader.clone(),
+            tenants: tenant_base.store(),
+            identity: identity_reader,
+        },
         settings,
     ));
 
@@ -306,7 +320,7 @@ pub async fn run(
         .for_each(|_| future::ready(()));
 
     let tenant_ns = namespace.clone();
-    let tenant_controller = Controller::new(tenants_api, watcher::Config::default().any_semantic())
+    let tenant_controller = tenant_base
         .reconcile_all_on(credential_changes.map(|_| ()))
         // A new or rotated identity is used at once: the Tenant reconcile swaps the client.
         .watches_stream(identity_watch, move |_secret| {
