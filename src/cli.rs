@@ -329,6 +329,7 @@ async fn run(args: RunArgs) -> Result<()> {
             watch_managed_secrets: args.role.watch_managed_secrets,
             identity_secret: args.role.identity_secret.clone(),
             control_plane: crate::controlplane::client::ClientSettings::default(),
+            permitted_restarts: Some(args.role.restart_targets.clone()),
         },
     };
     let outcome = operator::run(client, config, metrics, readiness, shutdown.clone()).await;

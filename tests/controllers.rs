@@ -388,6 +388,43 @@ async fn a_forbidden_restart_yields_the_condition_naming_the_chart_value() {
 }
 
 #[tokio::test]
+async fn a_target_not_granted_by_the_flags_is_not_even_tried() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&deployment("api"));
+    let mut c = credential("db", CredentialType::Random);
+    c.spec.restart_on_rotation = vec![RestartTarget {
+        kind: RestartKind::Deployment,
+        name: "api".into(),
+    }];
+    double.insert(&c);
+    // As `bulkhead run` sets it: the Role was rendered from the same (empty) target list.
+    let settings = Settings {
+        permitted_restarts: Some(vec![]),
+        ..Settings::default()
+    };
+    let op = start(&double, "a", options(), settings);
+    eventually("created", || secret_value(&double, "db", "value")).await;
+    request_rotation(&double, "db", "now");
+    let (_, reason, _) = eventually("RestartNotPermitted", || {
+        condition(&double, "db", "RestartNotPermitted").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(reason, "Forbidden");
+    op.stop().await;
+    let patches: Vec<String> = double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "deployments")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        patches.is_empty(),
+        "no request that can only be refused: {patches:?}"
+    );
+}
+
+#[tokio::test]
 async fn drift_is_repaired_by_the_watch_only_when_it_is_enabled() {
     let double = ApiDouble::new();
     let rbac = RbacOptions {

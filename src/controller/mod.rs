@@ -74,6 +74,9 @@ pub struct Settings {
     pub identity_secret: String,
     /// Timeouts and retry bounds of control-plane calls.
     pub control_plane: crate::controlplane::client::ClientSettings,
+    /// The restart targets the Role grants (`--restart-target`): others are reported as not
+    /// permitted without a request that can only be refused. `None`: unknown, ask the API.
+    pub permitted_restarts: Option<Vec<(crate::api::credential::RestartKind, String)>>,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             watch_managed_secrets: false,
             identity_secret: "bulkhead-identity".to_owned(),
             control_plane: crate::controlplane::client::ClientSettings::default(),
+            permitted_restarts: None,
         }
     }
 }

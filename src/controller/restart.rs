@@ -59,6 +59,20 @@ pub async fn restart_targets(
     };
     let mut outcome = RestartOutcome::default();
     for target in targets {
+        let permitted = ctx
+            .settings
+            .permitted_restarts
+            .as_ref()
+            .is_none_or(|granted| {
+                granted
+                    .iter()
+                    .any(|(kind, name)| *kind == target.kind && *name == target.name)
+            });
+        if !permitted {
+            // The Role is built from the same list: the request could only be refused.
+            outcome.forbidden.push(target.clone());
+            continue;
+        }
         let result = match target.kind {
             RestartKind::Deployment => ctx
                 .api::<Deployment>()
