@@ -352,10 +352,9 @@ async fn adopt_takes_over_and_keeps_the_value() {
     assert_eq!(s.metadata.labels.unwrap()["bulkhead.dev/credential"], "db");
 }
 
-#[tokio::test]
-async fn a_forbidden_restart_yields_the_condition_naming_the_chart_value() {
+/// A Random Credential restarting Deployment/api, with a Role that lists no restart targets.
+fn restart_target_not_in_the_role() -> ApiDouble {
     let double = ApiDouble::new();
-    // The Role lists no restart targets.
     double.set_role(role(&options()));
     double.insert(&deployment("api"));
     let mut c = credential("db", CredentialType::Random);
@@ -364,6 +363,12 @@ async fn a_forbidden_restart_yields_the_condition_naming_the_chart_value() {
         name: "api".into(),
     }];
     double.insert(&c);
+    double
+}
+
+#[tokio::test]
+async fn a_forbidden_restart_yields_the_condition_naming_the_chart_value() {
+    let double = restart_target_not_in_the_role();
     let op = start(&double, "a", options(), Settings::default());
     eventually("created", || secret_value(&double, "db", "value")).await;
     request_rotation(&double, "db", "now");
@@ -389,15 +394,7 @@ async fn a_forbidden_restart_yields_the_condition_naming_the_chart_value() {
 
 #[tokio::test]
 async fn a_target_not_granted_by_the_flags_is_not_even_tried() {
-    let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    double.insert(&deployment("api"));
-    let mut c = credential("db", CredentialType::Random);
-    c.spec.restart_on_rotation = vec![RestartTarget {
-        kind: RestartKind::Deployment,
-        name: "api".into(),
-    }];
-    double.insert(&c);
+    let double = restart_target_not_in_the_role();
     // As `bulkhead run` sets it: the Role was rendered from the same (empty) target list.
     let settings = Settings {
         permitted_restarts: Some(vec![]),
