@@ -28,7 +28,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use support::ApiDouble;
 use support::devcp::{DevConfig, DevControlPlane, Fault, FaultMatch};
-use support::operator::{NS, eventually, options, role, start};
+use support::operator::{NS, eventually, options, role, secret_value, start};
 use support::pki::{self, ClientCert, TestCa};
 
 const TENANT: &str = "team-a";
@@ -489,13 +489,6 @@ fn tenant_condition(double: &ApiDouble, type_: &str) -> Option<(String, String, 
     Some((c.status, c.reason, c.message))
 }
 
-fn secret_data(double: &ApiDouble, name: &str, key: &str) -> Option<String> {
-    let s: Secret = double.get(NS, name)?;
-    s.data?
-        .get(key)
-        .map(|b| String::from_utf8(b.0.clone()).unwrap())
-}
-
 fn settings() -> Settings {
     Settings {
         control_plane: fast(),
@@ -539,12 +532,12 @@ async fn the_operator_links_the_tenant_issues_credentials_and_is_quiet_at_steady
         assert_eq!(tenant_condition(&double, c).unwrap().0, "True", "{c}");
     }
 
-    let token = eventually("token Secret", || secret_data(&double, "jobs", "token")).await;
+    let token = eventually("token Secret", || secret_value(&double, "jobs", "token")).await;
     let claims = w.cp.verify_jwt(&token).unwrap();
     assert_eq!(claims["aud"], "spark-jobs");
-    assert!(secret_data(&double, "jobs", "expiresAt").is_some());
+    assert!(secret_value(&double, "jobs", "expiresAt").is_some());
     let docker = eventually("registry Secret", || {
-        secret_data(&double, "pull", ".dockerconfigjson")
+        secret_value(&double, "pull", ".dockerconfigjson")
     })
     .await;
     let doc: serde_json::Value = serde_json::from_str(&docker).unwrap();
@@ -606,7 +599,7 @@ async fn a_rotated_certificate_is_used_without_a_restart() {
         json!({}),
         &[("jobs", CredentialType::ControlPlaneToken)],
     );
-    eventually("token", || secret_data(&double, "jobs", "token")).await;
+    eventually("token", || secret_value(&double, "jobs", "token")).await;
     let old = load(&first).unwrap().summary.fingerprint;
 
     // cert-manager renews: same tenant, new key and certificate.
@@ -655,7 +648,7 @@ async fn a_control_plane_outage_is_reported_and_loses_nothing() {
         json!({"tier": "gold"}),
         &[("jobs", CredentialType::ControlPlaneToken)],
     );
-    let token = eventually("token", || secret_data(&double, "jobs", "token")).await;
+    let token = eventually("token", || secret_value(&double, "jobs", "token")).await;
     let revision = Some(
         eventually("settings synced", || {
             let t: Tenant = double.get(NS, "tenant")?;
@@ -682,7 +675,7 @@ async fn a_control_plane_outage_is_reported_and_loses_nothing() {
         "ControlPlaneUnavailable"
     );
     // Nothing local is lost: the token stays, the last synced revision stays.
-    assert_eq!(secret_data(&double, "jobs", "token"), Some(token));
+    assert_eq!(secret_value(&double, "jobs", "token"), Some(token));
     let t: Tenant = double.get(NS, "tenant").unwrap();
     assert_eq!(t.status.unwrap().settings_revision, revision);
 
@@ -742,7 +735,7 @@ async fn a_tenant_without_a_usable_identity_says_what_is_wrong() {
             .unwrap();
     double.insert(&identity_secret(&valid));
     let token = eventually("token issued once linked", || {
-        secret_data(&double, "jobs", "token")
+        secret_value(&double, "jobs", "token")
     })
     .await;
     assert!(w.cp.verify_jwt(&token).is_ok());
@@ -801,7 +794,7 @@ async fn nothing_is_issued_once_the_tenant_is_gone() {
         json!({}),
         &[("jobs", CredentialType::ControlPlaneToken)],
     );
-    let token = eventually("token", || secret_data(&double, "jobs", "token")).await;
+    let token = eventually("token", || secret_value(&double, "jobs", "token")).await;
     double
         .delete_json("bulkhead.dev", "tenants", NS, "tenant")
         .unwrap();
@@ -825,7 +818,7 @@ async fn nothing_is_issued_once_the_tenant_is_gone() {
         w.cp.requests()
     );
     assert_eq!(
-        secret_data(&double, "jobs", "token"),
+        secret_value(&double, "jobs", "token"),
         Some(token),
         "the issued value stays"
     );

@@ -182,6 +182,14 @@ pub fn desired_conditions(
     let unknown = |type_: &'static str, reason: &str, message: &str| {
         DesiredCondition::new(type_, ConditionStatus::Unknown, reason, message.to_owned())
     };
+    let connected = |endpoint: &str| {
+        DesiredCondition::new(
+            condition::CONTROL_PLANE_CONNECTED,
+            ConditionStatus::True,
+            "Connected",
+            format!("{endpoint} answers"),
+        )
+    };
     let not_ready = |reason: &str, message: &str| {
         DesiredCondition::new(
             condition::READY,
@@ -256,12 +264,7 @@ pub fn desired_conditions(
             message,
         } => vec![
             identity_condition(identity, now),
-            DesiredCondition::new(
-                condition::CONTROL_PLANE_CONNECTED,
-                ConditionStatus::True,
-                "Connected",
-                format!("{endpoint} answers"),
-            ),
+            connected(endpoint),
             DesiredCondition::new(
                 condition::SETTINGS_SYNCED,
                 ConditionStatus::False,
@@ -277,12 +280,7 @@ pub fn desired_conditions(
             ..
         } => vec![
             identity_condition(identity, now),
-            DesiredCondition::new(
-                condition::CONTROL_PLANE_CONNECTED,
-                ConditionStatus::True,
-                "Connected",
-                format!("{endpoint} answers"),
-            ),
+            connected(endpoint),
             DesiredCondition::new(
                 condition::SETTINGS_SYNCED,
                 ConditionStatus::True,

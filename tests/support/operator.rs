@@ -13,6 +13,8 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use k8s_openapi::api::core::v1::Secret;
+
 use super::ApiDouble;
 
 pub const NS: &str = "team-a";
@@ -97,4 +99,12 @@ pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// One data value of a Secret in the double, as text.
+pub fn secret_value(double: &ApiDouble, name: &str, key: &str) -> Option<String> {
+    let s: Secret = double.get(NS, name)?;
+    s.data?
+        .get(key)
+        .map(|b| String::from_utf8(b.0.clone()).unwrap())
 }
