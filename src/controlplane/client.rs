@@ -143,15 +143,6 @@ impl ControlPlaneError {
             _ => None,
         }
     }
-
-    /// The HTTP status, when there was an answer.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Rejected { status, .. } | Self::Unavailable { status, .. } => Some(*status),
-            Self::RateLimited { .. } => Some(429),
-            _ => None,
-        }
-    }
 }
 
 type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
