@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# The test command: everything that runs without a Kubernetes API server.
+# The test command, the one CI runs:
 #   1. the chart tooling (real helm, kubectl, kubernetes-validate, checkov) via hack/install-tools.sh
-#   2. cargo test: unit tests, CRD/CEL tests, controller scenarios against the in-process API
-#      double, chart tests with the real helm binary; the e2e suite skips itself without the
-#      BULKHEAD_E2E_* binaries
-#   3. hack/verify-chart.sh: lint, kubernetes-validate --strict, checkov
+#   2. a control plane for the end-to-end suite: KUBEBUILDER_ASSETS (or the BULKHEAD_E2E_*
+#      binaries) when set, else ../shared/envtest unpacked once; without any, the e2e tests are
+#      reported by cargo as ignored, with the reason
+#   3. cargo test: unit tests, CRD/CEL tests (and the crds-cluster/ drift check), controller
+#      scenarios against the in-process API double, chart tests with the real helm binary, and
+#      the e2e suite against the real kube-apiserver
+#   4. hack/verify-chart.sh: lint, kubernetes-validate --strict, checkov
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-hack/install-tools.sh
+hack/install-tools.sh >/dev/null
 export PATH="${BULKHEAD_TOOLS_DIR:-$root/.tools}/bin:$PATH"
+
+source hack/control-plane.sh
+if find_control_plane; then
+  echo "test: the e2e suite runs against $E2E_CONTROL_PLANE"
+else
+  echo "test: NO CONTROL PLANE ($E2E_CONTROL_PLANE): the e2e tests will show as ignored"
+fi
+
+echo "test: cargo test --locked --all-targets (builds first: several minutes on a fresh machine)"
 cargo test --locked --all-targets
 hack/verify-chart.sh

@@ -222,9 +222,7 @@ fn machine() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark (several minutes): run hack/bench.sh"]
 async fn per_instance_cost() {
-    let Some(binaries) = Binaries::from_env_or_skip() else {
-        return;
-    };
+    let binaries = Binaries::from_env();
     // No controller manager: nothing here needs garbage collection, and the machine stays quiet.
     let cluster = Cluster::start(binaries.without_controller_manager());
     cluster.install_crds();
@@ -433,9 +431,7 @@ async fn per_instance_cost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: hack/bench.sh knobs"]
 async fn memory_knobs() {
-    let Some(binaries) = Binaries::from_env_or_skip() else {
-        return;
-    };
+    let binaries = Binaries::from_env();
     let cluster = Cluster::start(binaries.without_controller_manager());
     cluster.install_crds();
     let admin = cluster.admin_client().await;

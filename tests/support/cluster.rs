@@ -1,12 +1,13 @@
 //! An envtest-like Kubernetes control plane for the end-to-end suite and the benchmark: etcd,
-//! kube-apiserver and (optionally) kube-controller-manager started from the binaries named by
-//! `BULKHEAD_E2E_ETCD`, `BULKHEAD_E2E_KUBE_APISERVER` and `BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER`.
+//! kube-apiserver and (optionally) kube-controller-manager started from the `KUBEBUILDER_ASSETS`
+//! folder, or the binaries named by `BULKHEAD_E2E_ETCD`, `BULKHEAD_E2E_KUBE_APISERVER` and
+//! `BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER`.
 //!
 //! Free loopback ports, certificates made at start with the `openssl` CLI, RBAC authorization,
 //! ServiceAccount token signing (`kubectl create token` works), a JSON audit log at Metadata level
 //! with a parser. Every process runs in its own process group, killed on drop, so a failing test
 //! (a panic unwinds through `Drop`) leaves nothing running. Nothing is ever downloaded or built:
-//! without the variables the suite skips itself with one line.
+//! without a control plane the tests are compiled as ignored, with the reason (`build.rs`).
 //!
 //! The operator runs as a local process (the `bulkhead` binary cargo built) with a kubeconfig
 //! holding a token of the chart's ServiceAccount, so it has exactly the chart's Role.
@@ -27,14 +28,14 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::Deserialize;
 
+/// The controller-runtime envtest convention (what `setup-envtest use -p path` prints): a folder
+/// holding `etcd`, `kube-apiserver` and `kube-controller-manager`.
+pub const ENV_ASSETS: &str = "KUBEBUILDER_ASSETS";
 pub const ENV_ETCD: &str = "BULKHEAD_E2E_ETCD";
 pub const ENV_APISERVER: &str = "BULKHEAD_E2E_KUBE_APISERVER";
 pub const ENV_CONTROLLER_MANAGER: &str = "BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER";
 /// Keep the temporary directory (logs, audit log, kubeconfigs) after the run.
 pub const ENV_KEEP: &str = "BULKHEAD_E2E_KEEP";
-
-/// The one line every e2e test prints when the binaries are not configured.
-pub const SKIP_LINE: &str = "skipped: set BULKHEAD_E2E_ETCD, BULKHEAD_E2E_KUBE_APISERVER and BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER to run the e2e suite";
 
 /// The service account issuer; `kubectl create token` tokens carry it.
 const ISSUER: &str = "https://kubernetes.default.svc";
@@ -49,36 +50,45 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The binaries from the environment; `None` (after printing [`SKIP_LINE`], uncaptured) when etcd or
-    /// the API server is not configured. A variable that names a missing file is a failure,
-    /// not a skip: the suite was asked to run.
-    pub fn from_env_or_skip() -> Option<Self> {
+    /// The binaries named by the environment: the three `BULKHEAD_E2E_*` variables where set,
+    /// else the `KUBEBUILDER_ASSETS` folder. The e2e tests are compiled as ignored when neither
+    /// is set (`build.rs`), so reaching this without them, or with a path that is not a file,
+    /// is a failure, not a skip: the suite was asked to run.
+    pub fn from_env() -> Self {
         let var = |name: &str| {
             std::env::var_os(name)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        let (Some(etcd), Some(apiserver)) = (var(ENV_ETCD), var(ENV_APISERVER)) else {
-            // Straight to the file descriptor: libtest captures println!, and CI should say
-            // that the e2e tests were skipped.
-            let _ = writeln!(std::io::stdout(), "{SKIP_LINE}");
-            return None;
+        let assets = var(ENV_ASSETS);
+        let pick = |name: &str, file: &str| {
+            var(name).or_else(|| assets.as_ref().map(|dir| dir.join(file)))
         };
-        let controller_manager = var(ENV_CONTROLLER_MANAGER);
-        for (name, path) in [
-            (ENV_ETCD, Some(&etcd)),
-            (ENV_APISERVER, Some(&apiserver)),
-            (ENV_CONTROLLER_MANAGER, controller_manager.as_ref()),
+        let (Some(etcd), Some(apiserver)) = (
+            pick(ENV_ETCD, "etcd"),
+            pick(ENV_APISERVER, "kube-apiserver"),
+        ) else {
+            panic!(
+                "no control plane: set {ENV_ASSETS} to a folder with etcd, kube-apiserver and \
+                 kube-controller-manager (hack/test.sh uses ../shared/envtest), or {ENV_ETCD} \
+                 and {ENV_APISERVER}"
+            );
+        };
+        let controller_manager = pick(ENV_CONTROLLER_MANAGER, "kube-controller-manager");
+        for (what, path) in [
+            ("etcd", Some(&etcd)),
+            ("kube-apiserver", Some(&apiserver)),
+            ("kube-controller-manager", controller_manager.as_ref()),
         ] {
             if let Some(path) = path {
-                assert!(path.is_file(), "{name}={} is not a file", path.display());
+                assert!(path.is_file(), "{what}: {} is not a file", path.display());
             }
         }
-        Some(Self {
+        Self {
             etcd,
             apiserver,
             controller_manager,
-        })
+        }
     }
 
     /// The same binaries without the controller manager (no garbage collection, less noise).
@@ -375,6 +385,9 @@ fn wait_for(
 
 /// A running control plane in a temporary directory.
 pub struct Cluster {
+    /// One control plane at a time in this process: the suite runs under a plain `cargo test`,
+    /// whose test threads would otherwise start several on a 2-core machine.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
     pub dir: PathBuf,
     binaries: Binaries,
     etcd: Option<Process>,
@@ -393,6 +406,11 @@ impl Cluster {
     /// Start etcd, kube-apiserver and, when configured, kube-controller-manager; returns when
     /// the API server is ready (and the controller manager healthy).
     pub fn start(binaries: Binaries) -> Self {
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        // A test that failed while holding it poisons it; the next one may still run.
+        let one_at_a_time = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = Instant::now();
         let dir = unique_dir("bulkhead-e2e");
         let pki = dir.join("pki");
@@ -476,6 +494,7 @@ impl Cluster {
         let etcd_port = free_port();
         let api_port = free_port();
         let mut cluster = Self {
+            _one_at_a_time: one_at_a_time,
             dir,
             binaries,
             etcd: None,
