@@ -4,8 +4,8 @@
 # create→Secret latency p50/p95/p99, and 20 instances in 20 namespaces. Prints a markdown
 # table for the README's Performance section. Takes about ten minutes.
 #
-# Needs BULKHEAD_E2E_ETCD and BULKHEAD_E2E_KUBE_APISERVER (binaries you provide; nothing is
-# downloaded). The controller manager is not used.
+# Needs a control plane as hack/e2e.sh finds it (KUBEBUILDER_ASSETS, the BULKHEAD_E2E_*
+# binaries, or ../shared/envtest; nothing is downloaded). The controller manager is not used.
 #
 # Usage: hack/bench.sh          the table
 #        hack/bench.sh knobs    idle RSS under runtime/allocator knobs (where the memory goes)
@@ -13,13 +13,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-for var in BULKHEAD_E2E_ETCD BULKHEAD_E2E_KUBE_APISERVER; do
-  path="${!var:-}"
-  if [[ -z "$path" || ! -x "$path" ]]; then
-    echo "bench: $var must name an executable (${path:-not set}); this script never downloads it" >&2
-    exit 2
-  fi
-done
+source hack/control-plane.sh
+if ! find_control_plane; then
+  echo "bench: no control plane: $E2E_CONTROL_PLANE (this script never downloads one)" >&2
+  exit 2
+fi
+echo "bench: control plane from $E2E_CONTROL_PLANE" >&2
 for tool in openssl python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is required" >&2; exit 2; }
 done

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The end-to-end suite against a real kube-apiserver + etcd + kube-controller-manager
-# (tests/e2e.rs, harness in tests/support/cluster.rs). Nothing is downloaded or built here
-# except the project itself and the chart tooling (helm, kubectl via hack/install-tools.sh):
-# the control-plane binaries are yours, named by
-#   BULKHEAD_E2E_ETCD                      etcd
-#   BULKHEAD_E2E_KUBE_APISERVER            kube-apiserver
-#   BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER   kube-controller-manager (garbage collection)
+# The end-to-end suite alone (tests/e2e, harness in tests/support/cluster.rs) against a real
+# kube-apiserver + etcd + kube-controller-manager. hack/test.sh runs it too; this is the quick
+# way to rerun it or one scenario. Nothing is downloaded or built here except the project itself
+# and the chart tooling (helm, kubectl via hack/install-tools.sh). The control plane is, in order:
+#   BULKHEAD_E2E_ETCD, BULKHEAD_E2E_KUBE_APISERVER, BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER
+#   KUBEBUILDER_ASSETS   a folder with etcd, kube-apiserver, kube-controller-manager (envtest)
+#   ../shared/envtest    beside the repository (unpacked once)
 # Optional: BULKHEAD_E2E_KEEP=1 keeps each test's directory (logs, audit.log, kubeconfigs);
 # BULKHEAD_E2E_TMPDIR puts those directories elsewhere than $TMPDIR. Extra arguments go to
 # the test binary (e.g. a test name filter).
@@ -15,20 +15,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-missing=()
-for var in BULKHEAD_E2E_ETCD BULKHEAD_E2E_KUBE_APISERVER BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER; do
-  path="${!var:-}"
-  if [[ -z "$path" ]]; then
-    missing+=("$var is not set")
-  elif [[ ! -x "$path" ]]; then
-    missing+=("$var=$path is not an executable file")
-  fi
-done
-if ((${#missing[@]})); then
-  printf 'e2e: %s\n' "${missing[@]}" >&2
-  echo "e2e: point the three variables at etcd, kube-apiserver and kube-controller-manager binaries (this script never downloads them)" >&2
+source hack/control-plane.sh
+if ! find_control_plane; then
+  echo "e2e: no control plane: $E2E_CONTROL_PLANE" >&2
+  echo "e2e: set KUBEBUILDER_ASSETS to a folder with etcd, kube-apiserver and kube-controller-manager (this script never downloads them)" >&2
   exit 2
 fi
+echo "e2e: control plane from $E2E_CONTROL_PLANE" >&2
 for tool in openssl curl python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "e2e: $tool is required" >&2; exit 2; }
 done
@@ -46,4 +39,5 @@ cp "$target_dir/debug/bulkhead" "$work/bulkhead"
 export BULKHEAD_E2E_OPERATOR="$work/bulkhead"
 
 # One test at a time: each starts its own control plane.
+echo "e2e: cargo test --test e2e" >&2
 cargo test --locked --test e2e -- --test-threads=1 "$@"
