@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by hack/test.sh, hack/e2e.sh, hack/bench.sh and hack/demo.sh: finds the control-plane
 # binaries for the e2e harness (tests/support/cluster.rs). Never downloads or builds anything.
 #
@@ -26,6 +27,7 @@ find_control_plane() {
     E2E_CONTROL_PLANE="KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS (from ../shared/envtest)"
     return 0
   fi
+  # shellcheck disable=SC2034 # read by the scripts that source this file
   E2E_CONTROL_PLANE="KUBEBUILDER_ASSETS is not set and there is no ../shared/envtest"
   return 1
 }
