@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `crds`, `rbac`, `check`, `version`.
+//! Command-line interface: `run`, `crds`, `rbac`, `check`, `status`, `rotate`, `version`.
 //!
 //! Every `run` flag has a `BULKHEAD_*` environment twin. There is no cluster-wide mode: `run`
 //! and `check` refuse to start without a namespace.
@@ -36,6 +36,12 @@ pub enum Command {
     /// Preflight a namespace: CRDs served, every needed right granted, nothing beyond need.
     /// Exit code 0: ready; 1: something is missing; 2: the check could not run.
     Check(CheckArgs),
+    /// Show the namespace's Tenant and Credentials: readiness, last/next rotation, key id.
+    /// Uses your kubeconfig. Exit code 0: everything Ready; 1: something is not.
+    Status(crate::day2::StatusArgs),
+    /// Rotate a Credential now (sets the bulkhead.dev/rotate-requested-at annotation) and say
+    /// what the operator will do. Uses your kubeconfig.
+    Rotate(crate::day2::RotateArgs),
     /// Print the version.
     Version,
 }
@@ -369,6 +375,8 @@ pub async fn execute(cli: Cli) -> i32 {
         }),
         Command::Rbac(args) => print_rbac(&args).map(|()| 0),
         Command::Check(args) => check(args).await,
+        Command::Status(args) => crate::day2::status(args).await,
+        Command::Rotate(args) => crate::day2::rotate(args).await,
         Command::Version => {
             println!("bulkhead {}", env!("CARGO_PKG_VERSION"));
             Ok(0)

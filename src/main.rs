@@ -1,8 +1,6 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() {
-    let cli = bulkhead::cli::Cli::parse();
+    let cli = bulkhead::day2::parse_cli();
     let code = bulkhead::cli::execute(cli).await;
     std::process::exit(code);
 }
