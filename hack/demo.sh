@@ -96,7 +96,8 @@ cleanup() {
   say "stopped"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+# Ctrl-C is how the demo is meant to end: clean up and exit 0.
+trap 'exit 0' INT
 trap 'exit 143' TERM
 
 # Start a command in its own process group (setsid), logging to $work/NAME.log.
@@ -398,13 +399,13 @@ cat <<EOF
 
 Look around (while this runs):
   export KUBECONFIG=$kubeconfig
-  kubectl get tenant,credentials                       # namespace $namespace is the default
-  kubectl get tenant tenant -o yaml                     # status: tenantId, identity, conditions
+  kubectl get tenant,credentials          # namespace $namespace is the context's default
+  kubectl get tenant tenant -o yaml        # status: tenantId, identity, conditions
   kubectl get events --sort-by=.metadata.creationTimestamp
-  $bulkhead status -n $namespace
-  $bulkhead rotate db-password -n $namespace            # then: kubectl get credential db-password
+  $bulkhead status                # or as a kubectl plugin: kubectl bulkhead status (see README)
+  $bulkhead rotate db-password    # then: kubectl get credential db-password -w
   curl -s http://127.0.0.1:$metrics_port/metrics | grep ^bulkhead_
-  less $work/operator.log                           # the operator's log
+  less $work/operator.log         # the operator's log
 
 EOF
 

@@ -31,12 +31,15 @@ export PATH="${BULKHEAD_TOOLS_DIR:-$root/.tools}/bin:$PATH"
 
 # The operator runs from a private copy: a build of another checkout into a shared
 # CARGO_TARGET_DIR would otherwise replace target/debug/bulkhead under the running suite.
-cargo build --locked --bin bulkhead
+# The dev control plane example too: tests/e2e/demo.rs runs hack/demo.sh with both.
+cargo build --locked --bin bulkhead --example dev-control-plane
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp "$target_dir/debug/bulkhead" "$work/bulkhead"
+cp "$target_dir/debug/examples/dev-control-plane" "$work/dev-control-plane"
 export BULKHEAD_E2E_OPERATOR="$work/bulkhead"
+export BULKHEAD_E2E_DEV_CONTROL_PLANE="$work/dev-control-plane"
 
 # One test at a time: each starts its own control plane.
 echo "e2e: cargo test --test e2e" >&2

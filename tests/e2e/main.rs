@@ -14,6 +14,7 @@
 
 #[path = "../support/cluster.rs"]
 mod cluster;
+mod demo;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -383,6 +383,16 @@ fn wait_for(
     }
 }
 
+/// The lock every control plane of this process is started under (`Cluster::start`, and
+/// tests that start one by other means, such as hack/demo.sh): one at a time on a small machine.
+pub fn one_control_plane_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    // A test that failed while holding it poisons it; the next one may still run.
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running control plane in a temporary directory.
 pub struct Cluster {
     /// One control plane at a time in this process: the suite runs under a plain `cargo test`,
@@ -406,11 +416,7 @@ impl Cluster {
     /// Start etcd, kube-apiserver and, when configured, kube-controller-manager; returns when
     /// the API server is ready (and the controller manager healthy).
     pub fn start(binaries: Binaries) -> Self {
-        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-        // A test that failed while holding it poisons it; the next one may still run.
-        let one_at_a_time = ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let one_at_a_time = one_control_plane_at_a_time();
         let started = Instant::now();
         let dir = unique_dir("bulkhead-e2e");
         let pki = dir.join("pki");

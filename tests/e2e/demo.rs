@@ -1,0 +1,371 @@
+//! `hack/demo.sh`, the README's "run it" command, run as a newcomer runs it (non-interactively,
+//! with a timeout): a linked Tenant and four Ready Credentials, Secret keys printed and values
+//! never, a kubeconfig that works; then the day-2 commands against it (`bulkhead status`, also
+//! as the kubectl plugin, and `bulkhead rotate`); then Ctrl-C: a clean exit that leaves no
+//! process and no directory behind.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// The dev control plane example: `BULKHEAD_E2E_DEV_CONTROL_PLANE`, else the one cargo built
+/// next to the `bulkhead` binary (`cargo test --all-targets`, hack/e2e.sh and hack/demo.sh
+/// build it).
+fn dev_control_plane_binary() -> PathBuf {
+    let path = std::env::var_os("BULKHEAD_E2E_DEV_CONTROL_PLANE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || {
+                Path::new(env!("CARGO_BIN_EXE_bulkhead"))
+                    .parent()
+                    .unwrap()
+                    .join("examples")
+                    .join("dev-control-plane")
+            },
+            PathBuf::from,
+        );
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --example dev-control-plane` (cargo test --all-targets and hack/e2e.sh do)",
+        path.display()
+    );
+    path
+}
+
+/// The demo script in its own process group; on drop (a failed assertion) it gets the Ctrl-C a
+/// user would send, so its own cleanup stops the control plane, before the group is killed.
+struct Demo {
+    process: cluster::Process,
+    output: PathBuf,
+}
+
+impl Demo {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// Wait until the output contains `marker`; panics with the output if the script exits first.
+    fn wait_output(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.output();
+            if text.contains(marker) {
+                return text;
+            }
+            if let Some(status) = self.process.try_exit() {
+                panic!("hack/demo.sh exited ({status}) before {marker:?}:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hack/demo.sh: no {marker:?} within {timeout:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.process.is_running() {
+            self.process.signal("INT");
+            self.process.wait_exit(Duration::from_secs(60));
+        }
+        if std::thread::panicking() {
+            eprintln!("----- hack/demo.sh output -----\n{}", self.output());
+        }
+    }
+}
+
+/// Processes whose command line mentions `dir` (every component the demo starts runs from,
+/// or with files in, its temporary directory).
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// A status table without its relative times (`(3s ago)`), which move between two calls.
+fn without_relative_times(table: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in table.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 && c != ' ' => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn bulkhead_cli(program: &Path, kubeconfig: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
+async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_on_ctrl_c() {
+    let binaries = Binaries::from_env();
+    let _one_at_a_time = cluster::one_control_plane_at_a_time();
+    let ns = "demo";
+    // The demo's TMPDIR: afterwards it must be empty and no process may mention it.
+    let tmp = std::env::temp_dir().join(format!(
+        "bulkhead-demo-test-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_millisecond()
+    ));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let output = std::env::temp_dir().join(format!("{}.out", tmp.display()));
+
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("hack/demo.sh"))
+        .args(["--for", "600"])
+        .env("TMPDIR", &tmp)
+        // The binaries this test run built: the demo must not start a second build.
+        .env("BULKHEAD_DEMO_BULKHEAD", cluster::operator_binary())
+        .env(
+            "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
+            dev_control_plane_binary(),
+        )
+        .env("BULKHEAD_E2E_ETCD", &binaries.etcd)
+        .env("BULKHEAD_E2E_KUBE_APISERVER", &binaries.apiserver);
+    if let Some(kcm) = &binaries.controller_manager {
+        cmd.env("BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER", kcm);
+    }
+    let started = Instant::now();
+    let mut demo = Demo {
+        process: cluster::Process::spawn("demo", &mut cmd, &output),
+        output: output.clone(),
+    };
+
+    // The script promises a bound ("at most 90s") and keeps it.
+    let text = demo.wait_output("running for 600s", Duration::from_secs(240));
+    assert!(
+        text.contains("waiting (at most 90s)")
+            && text.contains("ready: Tenant linked, 4 Credentials Ready"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("cargo: Compiling"),
+        "the demo built although binaries were given:\n{text}"
+    );
+    eprintln!("demo ready after {:?}", started.elapsed());
+    let kubeconfig = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
+        .expect("the demo prints a kubeconfig")
+        .to_owned();
+
+    // What the output says is what the cluster holds, through the printed kubeconfig.
+    let client = Cluster::client_from(Path::new(&kubeconfig)).await;
+    let tenant = Api::<Tenant>::namespaced(client.clone(), ns)
+        .get("tenant")
+        .await
+        .unwrap();
+    let status = tenant.status.unwrap();
+    let ready = status.conditions.find("Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Linked")
+    );
+    assert_eq!(status.tenant_id.as_deref(), Some(ns));
+    let expected_keys = [
+        ("db-password", "Random", "value"),
+        ("session-keys", "KeySet", "0 1"),
+        ("spark-token", "ControlPlaneToken", "expiresAt token"),
+        ("registry", "RegistryCredentials", ".dockerconfigjson"),
+    ];
+    for (name, type_, keys) in expected_keys {
+        let c = get_credential(&client, ns, name).await;
+        assert_eq!(c.spec.type_.as_str(), type_);
+        assert!(
+            c.status.as_ref().unwrap().conditions.is_true("Ready"),
+            "{name}: {:?}",
+            c.status
+        );
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")) && l.contains("keys:"))
+            .unwrap_or_else(|| panic!("no keys line for {name}:\n{text}"));
+        assert_eq!(line.split("keys:").nth(1).unwrap().trim(), keys, "{line}");
+        // Keys only: no value of any managed Secret appears in the output.
+        let s = secret(&client, ns, name).await.unwrap();
+        for (key, value) in s.data.unwrap() {
+            let value = String::from_utf8_lossy(&value.0).into_owned();
+            assert!(value.len() >= 8, "{name}/{key} is too short to check");
+            assert!(
+                !text.contains(&value),
+                "the demo printed the value of {name}/{key}"
+            );
+        }
+    }
+
+    // Day 2: `bulkhead status` with the user's kubeconfig (its context namespace is demo) and
+    // the same binary as the kubectl plugin, found by the real kubectl on PATH.
+    let bulkhead = cluster::operator_binary();
+    let out = bulkhead_cli(&bulkhead, &kubeconfig, &["status", "-n", ns]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "status: {table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tenant_row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("tenant "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &tenant_row[..4],
+        ["tenant", "True", "Linked", ns],
+        "{table}"
+    );
+    assert_eq!(tenant_row.last(), Some(&"4/4"), "{table}");
+    for (name, type_, _) in expected_keys {
+        let key_id = get_credential(&client, ns, name)
+            .await
+            .status
+            .unwrap()
+            .key_id
+            .unwrap();
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(&row[..4], [name, type_, name, "True"], "{table}");
+        assert_eq!(row.last(), Some(&key_id.as_str()), "{table}");
+    }
+    let plugin_dir = tmp.with_extension("plugins");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(&bulkhead, plugin_dir.join("kubectl-bulkhead")).unwrap();
+    let out = Command::new(cluster::tool("kubectl"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args(["bulkhead", "status"])
+        .output()
+        .unwrap();
+    let plugin_table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success()
+            && without_relative_times(&plugin_table) == without_relative_times(&table),
+        "kubectl bulkhead status (no -n: the context's namespace):\n{plugin_table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(plugin_dir.join("kubectl-bulkhead"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Usage: kubectl bulkhead"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // `bulkhead rotate`: the annotation is set, and the operator really rotates once.
+    let before = secret(&client, ns, "db-password").await.unwrap();
+    let old_value = data(&before, "value").unwrap();
+    let old_key = get_credential(&client, ns, "db-password")
+        .await
+        .status
+        .unwrap()
+        .key_id;
+    let out = bulkhead_cli(&bulkhead, &kubeconfig, &["rotate", "db-password"]);
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "rotate: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("keep the current one as value.previous"),
+        "{said}"
+    );
+    let c = get_credential(&client, ns, "db-password").await;
+    assert!(
+        c.annotations().contains_key(ROTATE_REQUESTED_AT),
+        "{:?}",
+        c.metadata
+    );
+    let after = eventually("db-password rotated", WAIT, || async {
+        secret(&client, ns, "db-password")
+            .await
+            .filter(|s| data(s, "value").is_some_and(|v| v != old_value))
+    })
+    .await;
+    assert_eq!(data(&after, "value.previous"), Some(old_value));
+    let new_key = eventually("a new key id in the status", WAIT, || async {
+        get_credential(&client, ns, "db-password")
+            .await
+            .status?
+            .key_id
+            .filter(|k| Some(k) != old_key.as_ref())
+    })
+    .await;
+    assert!(!new_key.is_empty());
+    let out = bulkhead_cli(&bulkhead, &kubeconfig, &["rotate", "no-such-credential"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no Credential \"no-such-credential\" in namespace demo"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Ctrl-C: a clean exit, everything stopped, the temporary directory gone.
+    assert!(
+        demo.process.is_running(),
+        "the demo keeps running until Ctrl-C"
+    );
+    demo.process.signal("INT");
+    let exit = demo
+        .process
+        .wait_exit(Duration::from_secs(90))
+        .expect("the demo exits within 90 s of Ctrl-C");
+    let text = demo.output();
+    assert!(exit.success(), "exit {exit} after Ctrl-C:\n{text}");
+    assert!(text.trim_end().ends_with("stopped"), "{text}");
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+    let running = processes_mentioning(&tmp);
+    assert!(
+        running.is_empty(),
+        "still running after the demo: {running:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&plugin_dir);
+    let _ = std::fs::remove_file(&output);
+}
