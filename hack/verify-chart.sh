@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Verify the Helm chart the way a cluster's admission and a security review would:
-#   1. helm lint --strict, every value set in chart/ci/
+#   1. helm lint --strict, every value set in chart/ci/ (monitoring-values.yaml turns the
+#      optional ServiceMonitor, PrometheusRule and Grafana dashboard on)
 #   2. values.schema.json is a valid JSON Schema; yamllint on values and value sets; the
 #      release workflow against the GitHub workflow schema
 #   3. kubernetes-validate --strict of every rendering, for the oldest and newest supported
@@ -8,7 +9,8 @@
 #   4. checkov, frameworks kubernetes (every rendering) and helm (the chart as packaged),
 #      zero failures; every skip is justified where it is declared
 #   5. shellcheck of the hack/ scripts
-# The Role-vs-binary, pod-security and schema-rejection assertions live in tests/chart.rs
+# The Role-vs-binary, pod-security and schema-rejection assertions, and the alerts under
+# promtool (check rules, test rules) and the dashboard's metric names, live in tests/chart.rs
 # (cargo test). Tools come from hack/install-tools.sh (.tools/bin is put on PATH here).
 #
 # Usage: hack/verify-chart.sh
@@ -28,6 +30,7 @@ done
 KUBE_MIN="1.29"
 NAMESPACE="team-a"
 SERVICE_MONITOR_API="monitoring.coreos.com/v1/ServiceMonitor"
+PROMETHEUS_RULE_API="monitoring.coreos.com/v1/PrometheusRule"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -59,11 +62,12 @@ fi
 step "render"
 for values in "${value_sets[@]}"; do
   name="$(basename "$values" -values.yaml)"
-  # Without the ServiceMonitor API: only built-in kinds, for kubernetes-validate.
+  # Without the Prometheus Operator's APIs: only built-in kinds (the dashboard ConfigMap
+  # included), for kubernetes-validate.
   helm template bulkhead chart --namespace "$NAMESPACE" --values "$values" >"$work/core/$name.yaml"
-  # With it: everything the chart can render, for checkov.
+  # With them: everything the chart can render (ServiceMonitor, PrometheusRule), for checkov.
   helm template bulkhead chart --namespace "$NAMESPACE" --values "$values" \
-    --api-versions "$SERVICE_MONITOR_API" >"$work/all/$name.yaml"
+    --api-versions "$SERVICE_MONITOR_API" --api-versions "$PROMETHEUS_RULE_API" >"$work/all/$name.yaml"
   echo "ok  $name: $(grep -c '^kind:' "$work/all/$name.yaml") objects"
 done
 

@@ -102,6 +102,7 @@ pub struct Metrics {
     pub crds_served: Gauge,
     pub rotations: Family<TypeLabels, Counter>,
     pub next_rotation: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub credential_ready: Family<CredentialLabels, Gauge>,
     pub control_plane_requests: Family<ControlPlaneLabels, Counter>,
     pub identity_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -173,6 +174,12 @@ impl Default for Metrics {
             "Unix time of each credential's next scheduled rotation",
             next_rotation.clone(),
         );
+        let credential_ready = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "credential_ready",
+            "1 while the credential's Ready condition is True, 0 otherwise (as last written to its status)",
+            credential_ready.clone(),
+        );
         let control_plane_requests = Family::<ControlPlaneLabels, Counter>::default();
         registry.register(
             "control_plane_requests",
@@ -204,6 +211,7 @@ impl Default for Metrics {
             crds_served,
             rotations,
             next_rotation,
+            credential_ready,
             control_plane_requests,
             identity_expiry,
         }

@@ -17,6 +17,7 @@ use serde_json::Value;
 const NAMESPACE: &str = "team-a";
 const RELEASE: &str = "bulkhead";
 const SERVICE_MONITOR_API: &str = "monitoring.coreos.com/v1/ServiceMonitor";
+const PROMETHEUS_RULE_API: &str = "monitoring.coreos.com/v1/PrometheusRule";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -164,7 +165,12 @@ fn all_renderings(helm: &Path) -> Vec<Rendering> {
         out.push(render(
             helm,
             &values,
-            &["--api-versions", SERVICE_MONITOR_API],
+            &[
+                "--api-versions",
+                SERVICE_MONITOR_API,
+                "--api-versions",
+                PROMETHEUS_RULE_API,
+            ],
         ));
     }
     out
@@ -209,6 +215,8 @@ fn nothing_cluster_scoped_and_everything_in_the_release_namespace() {
         "NetworkPolicy",
         "PodDisruptionBudget",
         "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
     ];
     for r in all_renderings(&helm) {
         for doc in &r.docs {
@@ -810,5 +818,295 @@ fn schema_rejects_bad_values() {
             "{}: failed, but not on the schema:\n{stderr}",
             case.display()
         );
+    }
+}
+
+// ---- alerts and dashboard ----------------------------------------------------------------------
+
+/// The real promtool (Debian's `prometheus` package; hack/install-tools.sh installs it), or
+/// `None` (after saying why) when it is absent outside CI.
+fn promtool() -> Option<PathBuf> {
+    let found = std::env::var_os("BULKHEAD_PROMTOOL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|dir| dir.join("promtool"))
+                .find(|p| p.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool not found (BULKHEAD_PROMTOOL, PATH): run hack/install-tools.sh (apt-get install prometheus)"
+        );
+        eprintln!("skipping alert test: promtool not found (run hack/install-tools.sh)");
+    }
+    found
+}
+
+fn monitoring(helm: &Path) -> Rendering {
+    render(
+        helm,
+        &ci_values("monitoring"),
+        &[
+            "--api-versions",
+            SERVICE_MONITOR_API,
+            "--api-versions",
+            PROMETHEUS_RULE_API,
+        ],
+    )
+}
+
+/// Every metric name (`bulkhead_...`) a PromQL text mentions.
+fn metric_names(promql: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = promql;
+    while let Some(at) = rest.find("bulkhead_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every `expr` and query string in a JSON/YAML tree.
+fn queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", Value::String(q)) => out.push(q.clone()),
+                    _ => queries(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+/// The sample names the operator exports: the telemetry registry with every family touched.
+fn exported_metric_names() -> BTreeSet<String> {
+    use bulkhead::telemetry::{ControlPlaneLabels, CredentialLabels, Metrics, TypeLabels};
+    let metrics = Metrics::default();
+    metrics.observe_reconcile(
+        "credential",
+        std::time::Duration::from_millis(3),
+        Some("kube"),
+    );
+    metrics
+        .rotations
+        .get_or_create(&TypeLabels { r#type: "Random" })
+        .inc();
+    let credential = CredentialLabels {
+        credential: "db".into(),
+    };
+    metrics.next_rotation.get_or_create(&credential).set(1.0);
+    metrics.credential_ready.get_or_create(&credential).set(1);
+    metrics
+        .control_plane_requests
+        .get_or_create(&ControlPlaneLabels {
+            operation: "heartbeat",
+            code: "200".into(),
+        })
+        .inc();
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn prometheus_rule_and_dashboard_only_when_enabled() {
+    let Some(helm) = helm() else { return };
+    let served = [
+        "--api-versions",
+        SERVICE_MONITOR_API,
+        "--api-versions",
+        PROMETHEUS_RULE_API,
+    ];
+    // Off by default, even where the API is served.
+    let default = render(&helm, &ci_values("default"), &served);
+    assert!(default.of_kind("PrometheusRule").is_empty());
+    assert!(default.of_kind("ConfigMap").is_empty());
+    // On, but the Prometheus Operator is not installed: no PrometheusRule, the dashboard stays.
+    let unserved = render(&helm, &ci_values("monitoring"), &[]);
+    assert!(unserved.of_kind("PrometheusRule").is_empty());
+    assert_eq!(unserved.of_kind("ConfigMap").len(), 1);
+
+    let r = monitoring(&helm);
+    let rule = r.one("PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "BulkheadCredentialRotationFailing",
+            "BulkheadCredentialNotReady",
+            "BulkheadIdentityCertificateExpiringSoon",
+            "BulkheadControlPlaneDisconnected",
+            "BulkheadPreflightFailing",
+            "BulkheadLeaderMissing",
+        ]
+    );
+    for rule in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let expr = rule["expr"].as_str().unwrap();
+        // Scoped to the release: every selector names the release namespace.
+        assert_eq!(
+            expr.matches('{').count(),
+            expr.matches(&format!("namespace=\"{NAMESPACE}\"")).count(),
+            "{expr}"
+        );
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+        assert!(
+            url.starts_with("https://github.com/bulkhead-dev/bulkhead/blob/main/README.md#"),
+            "{url}"
+        );
+    }
+    let dashboard = r.one("ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "Platform"
+    );
+}
+
+/// The alert expressions against the real promtool: `check rules` on the rendered rule, then
+/// `test rules` with tests/alerts/bulkhead.test.yaml, which must have a firing case per alert.
+#[test]
+fn alerts_pass_promtool_check_and_a_unit_test_per_alert() {
+    let Some(helm) = helm() else { return };
+    let Some(promtool) = promtool() else { return };
+    // Default values (no runbookUrl): the annotations the tests expect.
+    let r = render(
+        &helm,
+        &ci_values("default"),
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--api-versions",
+            PROMETHEUS_RULE_API,
+        ],
+    );
+    let spec = &r.one("PrometheusRule")["spec"];
+    let dir = std::env::temp_dir().join(format!("bulkhead-alerts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_json::to_string_pretty(spec).unwrap(),
+    )
+    .unwrap();
+    let tests = repo().join("tests/alerts/bulkhead.test.yaml");
+    std::fs::copy(&tests, dir.join("bulkhead.test.yaml")).unwrap();
+
+    let run = |args: &[&str]| {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let checked = run(&["check", "rules", "rules.yaml"]);
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    run(&["test", "rules", "bulkhead.test.yaml"]);
+
+    // A firing case for every alert of the rule.
+    let text = std::fs::read_to_string(&tests).unwrap();
+    let unit: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut firing = BTreeSet::new();
+    for case in unit["tests"].as_array().unwrap() {
+        for t in case["alert_rule_test"].as_array().unwrap() {
+            if t["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                firing.insert(t["alertname"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    let alerts: BTreeSet<String> = spec["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap().to_owned())
+        .collect();
+    let untested: Vec<&String> = alerts.difference(&firing).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts without a firing test: {untested:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The dashboard is JSON Grafana loads, and it (and every alert) queries only metrics the
+/// operator exports.
+#[test]
+fn dashboard_and_alerts_query_only_exported_metrics() {
+    let Some(helm) = helm() else { return };
+    let r = monitoring(&helm);
+    let json = r.one("ConfigMap")["data"]["bulkhead.json"]
+        .as_str()
+        .expect("the dashboard under data.bulkhead.json");
+    let dashboard: Value = serde_json::from_str(json).expect("the dashboard is valid JSON");
+    assert_eq!(dashboard["uid"], "bulkhead-operator");
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_i64().unwrap()), "duplicate panel id");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(
+                expr.contains("namespace=\"$namespace\""),
+                "panel {}: {expr} is not scoped to $namespace",
+                p["title"]
+            );
+        }
+    }
+
+    let mut all = Vec::new();
+    queries(&dashboard, &mut all);
+    let dashboard_queries = all.len();
+    queries(&r.one("PrometheusRule")["spec"], &mut all);
+    assert!(all.len() > dashboard_queries, "no alert expressions found");
+    let used: BTreeSet<String> = all.iter().flat_map(|q| metric_names(q)).collect();
+    let exported = exported_metric_names();
+    assert!(
+        exported.contains("bulkhead_reconcile_total"),
+        "{exported:?}"
+    );
+    let unknown: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "queried but not exported: {unknown:?} (exported: {exported:?})"
+    );
+    // Nothing worth a panel is left out.
+    for name in [
+        "bulkhead_leader",
+        "bulkhead_preflight_ok",
+        "bulkhead_credential_ready",
+        "bulkhead_reconcile_errors_total",
+        "bulkhead_control_plane_requests_total",
+        "bulkhead_identity_expiry_timestamp_seconds",
+    ] {
+        assert!(used.contains(name), "the dashboard does not show {name}");
     }
 }

@@ -449,6 +449,16 @@ async fn report(
     now: Timestamp,
 ) -> Result<()> {
     let (status, transitions) = desired_status(credential, &conds, plan, now);
+    // For the chart's CredentialNotReady alert: the readiness this status reports.
+    let ready = conds
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.status == ConditionStatus::True);
+    ctx.metrics
+        .credential_ready
+        .get_or_create(&CredentialLabels {
+            credential: credential.name_any(),
+        })
+        .set(i64::from(ready));
     if credential.status.as_ref() != Some(&status) {
         let patch = json!({
             "apiVersion": "bulkhead.dev/v1alpha1",
