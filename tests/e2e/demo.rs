@@ -342,6 +342,59 @@ async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_o
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The operator's real /metrics: each Credential's readiness, and every metric the chart's
+    // dashboard and alerts query is exported.
+    let metrics_url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("curl -s http://"))
+        .and_then(|l| l.split("/metrics").next())
+        .expect("the demo prints the metrics address");
+    let (code, exposition) = cluster::http_get(metrics_url.parse().unwrap(), "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for (name, _, _) in expected_keys {
+        let sample = format!("bulkhead_credential_ready{{credential=\"{name}\"}} 1");
+        assert!(
+            exposition.contains(&sample),
+            "no {sample} in:\n{exposition}"
+        );
+    }
+    let families: Vec<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut queried = std::fs::read_to_string(repo().join("chart/files/dashboard.json")).unwrap();
+    queried.push_str(
+        &std::fs::read_to_string(repo().join("chart/templates/prometheusrule.yaml")).unwrap(),
+    );
+    let mut rest = queried.as_str();
+    let mut checked = 0;
+    let mut missing = std::collections::BTreeSet::new();
+    while let Some(at) = rest.find("bulkhead_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        rest = &tail[end..];
+        let family = ["_total", "_bucket", "_sum", "_count", "_info"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        if !families.contains(&family) {
+            missing.insert(family.to_owned());
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} metric references found");
+    // An empty family is not exposed: the demo has no failed reconcile (tests/chart.rs checks
+    // that name against the registry).
+    missing.remove("bulkhead_reconcile_errors");
+    assert!(
+        missing.is_empty(),
+        "the chart queries {missing:?}, which the operator does not export:\n{exposition}"
+    );
+
     // Ctrl-C: a clean exit, everything stopped, the temporary directory gone.
     assert!(
         demo.process.is_running(),
