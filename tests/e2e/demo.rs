@@ -1,8 +1,8 @@
 //! `hack/demo.sh`, the README's "run it" command, run as a newcomer runs it (non-interactively,
 //! with a timeout): a linked Tenant and four Ready Credentials, Secret keys printed and values
 //! never, a kubeconfig that works; then the day-2 commands against it (`bulkhead status`, also
-//! as the kubectl plugin, and `bulkhead rotate`); then Ctrl-C: a clean exit that leaves no
-//! process and no directory behind.
+//! as the kubectl plugin, and `bulkhead rotate`), and a second demo with `--context` into that
+//! cluster; then Ctrl-C: a clean exit that leaves no process and no directory behind.
 
 use std::path::{Path, PathBuf};
 
@@ -393,6 +393,63 @@ async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_o
     assert!(
         missing.is_empty(),
         "the chart queries {missing:?}, which the operator does not export:\n{exposition}"
+    );
+
+    // --context: into an existing cluster (this one, through the printed kubeconfig). A
+    // namespace that exists is refused (the demo deletes its namespace on exit); the CRDs are
+    // served, so they are left alone; on exit the demo's namespace is deleted.
+    let context_demo = |namespace: &str| {
+        Command::new("bash")
+            .arg(repo().join("hack/demo.sh"))
+            .args(["--context", "bulkhead-demo", "--namespace", namespace])
+            .arg("--exit-when-ready")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("TMPDIR", &tmp)
+            .env("BULKHEAD_DEMO_BULKHEAD", &bulkhead)
+            .env(
+                "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
+                dev_control_plane_binary(),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = context_demo(ns);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("namespace demo already exists in context bulkhead-demo"),
+        "{said}"
+    );
+    assert!(
+        get_credential(&client, ns, "db-password")
+            .await
+            .metadata
+            .deletion_timestamp
+            .is_none(),
+        "the refused run touched namespace demo"
+    );
+    let second = context_demo("demo2");
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    for line in [
+        "the Bulkhead CRDs are served in context bulkhead-demo (not touching them)",
+        "ready: Tenant linked, 4 Credentials Ready",
+        "deleting namespace demo2",
+    ] {
+        assert!(said.contains(line), "no {line:?} in:\n{said}");
+    }
+    let demo2 = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get_opt("demo2")
+        .await
+        .unwrap();
+    assert!(
+        demo2.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "namespace demo2 is not being deleted"
     );
 
     // Ctrl-C: a clean exit, everything stopped, the temporary directory gone.
