@@ -383,21 +383,27 @@ fn wait_for(
     }
 }
 
+/// The right to run a control plane in this process, held until dropped.
+pub struct ControlPlaneSlot(std::sync::MutexGuard<'static, ()>);
+
 /// The lock every control plane of this process is started under (`Cluster::start`, and
 /// tests that start one by other means, such as hack/demo.sh): one at a time on a small machine.
-pub fn one_control_plane_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+/// Each test has its own runtime and takes it once, so holding it across awaits cannot deadlock.
+pub fn one_control_plane_at_a_time() -> ControlPlaneSlot {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     // A test that failed while holding it poisons it; the next one may still run.
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    ControlPlaneSlot(
+        ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
 
 /// A running control plane in a temporary directory.
 pub struct Cluster {
     /// One control plane at a time in this process: the suite runs under a plain `cargo test`,
     /// whose test threads would otherwise start several on a 2-core machine.
-    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    _one_at_a_time: ControlPlaneSlot,
     pub dir: PathBuf,
     binaries: Binaries,
     etcd: Option<Process>,
