@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole product in one command, on a machine without a cluster:
-#   1. builds (or reuses) `bulkhead` and the development control plane (debug profile: the
-#      artifacts `cargo test --all-targets` already built)
+#   1. builds (or reuses) `bulkhead` and the development control plane (debug profile, the
+#      command hack/test.sh runs before its cargo test: every dependency is shared)
 #   2. starts a throwaway etcd + kube-apiserver + kube-controller-manager from KUBEBUILDER_ASSETS
 #      (else ../shared/envtest, as hack/test.sh does) with openssl-made certificates, all on
 #      free loopback ports, in a temporary directory
@@ -147,9 +147,10 @@ if [[ -z "$bulkhead" || -z "$devcp" ]]; then
   target_dir="$(cargo metadata --format-version 1 --no-deps --locked |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
   if $build; then
-    # The debug profile with the example: exactly what `cargo test --all-targets` builds, so
-    # after the test command this is a no-op and never a second full build.
-    say "building bulkhead and the dev control plane (cargo build, debug profile; up to several minutes on a fresh machine, seconds when cargo test already built them)"
+    # The debug profile with the example: the dependencies `cargo test --all-targets` builds
+    # (same profile, same features), and the very command hack/test.sh runs, so after the test
+    # command this is a no-op, and never a second full build.
+    say "building bulkhead and the dev control plane (cargo build, debug profile; up to several minutes on a fresh machine, seconds after hack/test.sh)"
     if ! cargo build --locked --bin bulkhead --example dev-control-plane 2>&1 |
       sed -u -n 's/^ *\(Compiling\|Finished\|error\)/demo: cargo: \1/p'; then
       die "cargo build failed (run it yourself to see why: cargo build --bin bulkhead --example dev-control-plane)"

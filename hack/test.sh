@@ -21,6 +21,11 @@ else
   echo "test: NO CONTROL PLANE ($E2E_CONTROL_PLANE): the e2e tests will show as ignored"
 fi
 
+# The dev control plane as a program, for hack/demo.sh and its e2e test (tests/e2e/demo.rs):
+# cargo test --all-targets builds examples only as (empty) test harnesses. Every dependency is
+# shared with the cargo test below (same profile and features), so this adds one crate.
+echo "test: cargo build --locked --bin bulkhead --example dev-control-plane"
+cargo build --locked --bin bulkhead --example dev-control-plane
 echo "test: cargo test --locked --all-targets (builds first: several minutes on a fresh machine)"
 cargo test --locked --all-targets
 hack/verify-chart.sh
