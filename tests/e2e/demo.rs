@@ -479,3 +479,86 @@ async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_o
     let _ = std::fs::remove_dir_all(&plugin_dir);
     let _ = std::fs::remove_file(&output);
 }
+
+/// `--context` on a cluster without the CRDs: refused with the admin's command unless the user
+/// consents with `--install-crds`; then the CRDs are applied (and stay), the rest as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
+async fn demo_into_an_existing_cluster_installs_crds_only_with_consent() {
+    let binaries = Binaries::from_env();
+    let cluster = Cluster::start(binaries.without_controller_manager());
+    let kubeconfig = cluster.admin_kubeconfig();
+    let tmp = cluster.dir.join("demo-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let demo = |extra: &[&str]| {
+        Command::new("bash")
+            .arg(repo().join("hack/demo.sh"))
+            .args(["--context", "e2e", "--exit-when-ready"])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("TMPDIR", &tmp)
+            .env("BULKHEAD_DEMO_BULKHEAD", cluster::operator_binary())
+            .env(
+                "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
+                dev_control_plane_binary(),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let admin = cluster.admin_client().await;
+    let crds = Api::<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >::all(admin.clone());
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone());
+
+    let refused = demo(&[]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the Bulkhead CRDs are not served in context e2e")
+            && said.contains("kubectl --context e2e apply --server-side -f crds-cluster/")
+            && said.contains("--install-crds"),
+        "{said}"
+    );
+    assert!(
+        crds.get_opt("credentials.bulkhead.dev")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(namespaces.get_opt("demo").await.unwrap().is_none());
+
+    let consented = demo(&["--install-crds"]);
+    let said = String::from_utf8_lossy(&consented.stdout);
+    assert!(
+        consented.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&consented.stderr)
+    );
+    assert!(
+        said.contains("--install-crds: kubectl --context e2e apply --server-side -f crds-cluster/")
+            && said.contains("ready: Tenant linked, 4 Credentials Ready"),
+        "{said}"
+    );
+    // The CRDs stay (cluster-scoped, the user asked for them); the demo's namespace goes.
+    assert!(
+        crds.get_opt("credentials.bulkhead.dev")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        namespaces
+            .get_opt("demo")
+            .await
+            .unwrap()
+            .is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "namespace demo is not being deleted"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+}
