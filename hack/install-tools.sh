@@ -111,7 +111,7 @@ elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
   if $created_policy; then rm -f "$policy"; fi
 else
-  log "promtool missing: install Debian/Ubuntu's prometheus package (sudo apt-get install prometheus) or put promtool on PATH; the alert tests skip without it (and fail under CI)"
+  log "promtool missing: install Debian/Ubuntu's prometheus package (sudo apt-get install prometheus) or put promtool on PATH; the alert tests fail without it"
 fi
 
 if $env_only; then
