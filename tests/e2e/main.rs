@@ -15,6 +15,8 @@
 #[path = "../support/cluster.rs"]
 mod cluster;
 
+mod chaos;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
