@@ -408,7 +408,7 @@ impl Elector {
                 Err(_) => Err("timed out".to_owned()),
             },
             Step::Create => {
-                let lease = self.new_lease(sent);
+                let lease = self.new_lease();
                 let params = PostParams {
                     field_manager: Some(LEASE_FIELD_MANAGER.to_owned()),
                     ..PostParams::default()
@@ -503,7 +503,7 @@ impl Elector {
         })
     }
 
-    fn new_lease(&self, _sent: Instant) -> Lease {
+    fn new_lease(&self) -> Lease {
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
         Lease {
             metadata: kube::api::ObjectMeta {
@@ -708,4 +708,138 @@ pub fn validate_timings(duration: Duration, grace: Duration) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    const D: Duration = Duration::from_secs(5);
+    const G: Duration = Duration::from_secs(2);
+
+    /// A client whose every request answers 200 `{}` and is counted.
+    fn counting_client(sent: Arc<AtomicUsize>) -> Client {
+        let service = tower::service_fn(move |_request: http::Request<kube::client::Body>| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(kube::client::Body::from(
+                    b"{}".to_vec(),
+                )))
+            }
+        });
+        Client::new(service, "team-a")
+    }
+
+    fn elector() -> (Elector, watch::Receiver<bool>, Fence) {
+        let client = counting_client(Arc::new(AtomicUsize::new(0)));
+        let config = LeaderConfig {
+            enabled: true,
+            namespace: "team-a".into(),
+            lease_name: "bulkhead".into(),
+            identity: "me".into(),
+            lease_duration: D,
+            renew_grace: G,
+        };
+        let (tx, rx) = watch::channel(false);
+        let fence = Fence::default();
+        let elector = Elector::new(Api::namespaced(client, "team-a"), config, fence.clone(), tx);
+        (elector, rx, fence)
+    }
+
+    fn lease(holder: Option<&str>, version: &str) -> Lease {
+        Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some("bulkhead".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_duration_seconds: Some(5),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_lease_is_taken_only_after_a_full_duration_without_a_new_version() {
+        let (mut e, _rx, _fence) = elector();
+        let t0 = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "1")), t0);
+        assert_eq!(e.plan(t0 + Duration::from_secs(4)), Step::Wait(t0 + D));
+        // The same version read again later does not restart the clock; a new one does.
+        e.observe_read(Some(lease(Some("other"), "1")), t0 + Duration::from_secs(3));
+        assert_eq!(e.plan(t0 + D), Step::Write { acquire: true });
+        e.observe_watch(Seen::Lease(Box::new(lease(Some("other"), "2"))), t0 + D);
+        assert_eq!(e.plan(t0 + D), Step::Wait(t0 + D + D));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once_and_every_write_is_guarded() {
+        let (mut e, _rx, _fence) = elector();
+        let t0 = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "1")), t0);
+        e.observe_watch(Seen::Lease(Box::new(lease(None, "7"))), t0);
+        assert_eq!(e.plan(t0), Step::Write { acquire: true });
+        let claim = e.claim(true);
+        assert_eq!(claim["metadata"]["resourceVersion"], "7");
+        assert_eq!(claim["spec"]["holderIdentity"], "me");
+        e.observe_read(None, t0);
+        assert_eq!(e.plan(t0), Step::Create);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_renews_at_d_minus_g_and_stops_writing_at_d_minus_half_g() {
+        let (mut e, rx, fence) = elector();
+        let sent = Instant::now();
+        e.won(lease(Some("me"), "3"), sent);
+        assert!(*rx.borrow() && fence.allows());
+        assert_eq!(e.plan(sent), Step::Wait(sent + Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_millis(3999)).await;
+        e.check_deadline(Instant::now());
+        assert!(*rx.borrow() && fence.allows(), "still inside the deadline");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!fence.allows(), "the fence closes by the clock alone");
+        e.check_deadline(Instant::now());
+        assert!(!*rx.borrow(), "and the signal follows");
+        // The Lease still names it: a guarded write proves it again.
+        assert_eq!(e.plan(Instant::now()), Step::Write { acquire: false });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_holder_seen_while_leading_is_confirmed_by_a_read() {
+        let (mut e, rx, _fence) = elector();
+        let sent = Instant::now();
+        e.won(lease(Some("me"), "3"), sent);
+        e.observe_watch(Seen::Lease(Box::new(lease(Some("other"), "2"))), sent);
+        assert!(*rx.borrow(), "a watch event alone does not depose");
+        assert_eq!(e.plan(sent), Step::Read);
+        e.observe_read(Some(lease(Some("other"), "4")), sent);
+        assert!(!*rx.borrow(), "a read that shows another holder does");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fenced_client_refuses_writes_but_not_reads_when_closed() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let fence = Fence::default();
+        let client = fenced(counting_client(sent.clone()), fence.clone());
+        let api: Api<Lease> = Api::namespaced(client, "team-a");
+        let params = PatchParams::default();
+        let patch = Patch::Merge(json!({}));
+        let refused = api.patch("bulkhead", &params, &patch).await;
+        assert!(
+            matches!(&refused, Err(kube::Error::Service(e)) if e.is::<NotLeader>()),
+            "{refused:?}"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 0, "nothing was sent");
+        let _ = api.get_opt("bulkhead").await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "reads pass");
+        fence.set(FenceState::Until(Instant::now() + Duration::from_secs(1)));
+        let _ = api.patch("bulkhead", &params, &patch).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "writes pass while open");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(api.patch("bulkhead", &params, &patch).await.is_err());
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
 }
