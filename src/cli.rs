@@ -131,7 +131,8 @@ pub struct RunArgs {
     pub lease_duration: Duration,
 
     /// How long before the Lease expires the leader renews it (renewal every
-    /// lease-duration minus this).
+    /// lease-duration minus this); a leader that cannot renew stops writing half of it before
+    /// the Lease expires.
     #[arg(long, env = "BULKHEAD_LEASE_RENEW_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub lease_renew_grace: Duration,
 

@@ -51,10 +51,6 @@ pub enum Error {
     #[error("{0}")]
     Restart(String),
 
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
-
     /// A control-plane call failed (retried with backoff, or at the time it asked for).
     #[error("control plane: {0}")]
     ControlPlane(#[from] crate::controlplane::client::ControlPlaneError),
@@ -83,7 +79,6 @@ impl Error {
             Self::Usage(_) => "usage",
             Self::Entropy(_) => "entropy",
             Self::Restart(_) => "restart",
-            Self::Lease(_) => "lease",
             Self::Io(_) => "io",
             Self::ControlPlane(_) => "control_plane",
         }

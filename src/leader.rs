@@ -1,26 +1,49 @@
-//! Leader election on a namespaced Lease, turned into an "am I leader" signal.
+//! Leader election on a namespaced Lease, turned into an "am I leader" signal and a write fence.
 //!
 //! The Lease name is fixed per namespace (default `bulkhead`), so a second release in the same
-//! namespace stays standby. On shutdown the Lease is released, and a standby takes over at once:
-//! it watches exactly that Lease (a `metadata.name` field selector, which RBAC authorizes against
-//! the Role's `resourceNames`) and competes again the moment the holder clears it, instead of
-//! sleeping until the expiry it last saw.
+//! namespace stays standby. Exclusivity comes from optimistic concurrency, as in client-go:
+//! every write of the Lease (take over, renew, release) is a merge patch that carries the
+//! `resourceVersion` it was computed from, so of two processes racing from the same version
+//! exactly one succeeds and the other gets 409 Conflict and re-reads. A renewal is that one
+//! patch: the leader knows the version from its own last write, no read first.
+//!
+//! Timing (D = `--lease-duration`, G = `--lease-renew-grace`):
+//! - the leader renews D − G after its last successful write was *sent*, and retries until
+//!   D − G/2 after it; then it stops writing (the fence closes, the controllers are stopped)
+//!   although the Lease may still name it. That is the renew deadline: G/2 before anyone else
+//!   could take the Lease.
+//! - another process takes over a held Lease only when it has seen no new version of it for D
+//!   on its own clock (never by comparing the holder's `renewTime` with its own clock), and at
+//!   once when the holder released it: it watches exactly that Lease (a `metadata.name` field
+//!   selector, which RBAC authorizes against the Role's `resourceNames`).
+//! - every non-read request of the controllers goes through [`fenced`], which refuses it once
+//!   the renew deadline has passed, checked against the clock at the moment of sending. A
+//!   process that was frozen (SIGSTOP, a paused VM) therefore writes nothing when it resumes,
+//!   whatever its tasks run first.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerBuilder};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::error::is_status;
 
-/// Field manager the Lease is written with.
+/// Field manager the Lease is written with (exclusivity comes from the resourceVersion guard,
+/// not from field ownership).
 pub const LEASE_FIELD_MANAGER: &str = "bulkhead-leader";
 
 /// How leadership is decided.
@@ -37,6 +60,121 @@ pub struct LeaderConfig {
     pub renew_grace: Duration,
 }
 
+impl LeaderConfig {
+    /// Renew this long after the last successful write was sent.
+    fn renew_after(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_grace)
+    }
+
+    /// Write only until this long after the last successful write was sent (the renew deadline).
+    fn valid_for(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_grace / 2)
+    }
+
+    /// Pause between attempts while a write is due: several attempts fit into G/2.
+    fn retry_period(&self) -> Duration {
+        (self.renew_grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// The longest a single Lease request may take.
+    fn request_timeout(&self) -> Duration {
+        (self.renew_grace / 2).max(Duration::from_secs(1))
+    }
+}
+
+/// Until when this process may write: closed, open until an instant, or always (no election).
+#[derive(Clone, Debug, Default)]
+pub struct Fence {
+    state: Arc<Mutex<FenceState>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+enum FenceState {
+    #[default]
+    Closed,
+    Until(Instant),
+    Always,
+}
+
+impl Fence {
+    /// Whether a write may be sent now.
+    pub fn allows(&self) -> bool {
+        match self.get() {
+            FenceState::Closed => false,
+            FenceState::Until(until) => Instant::now() < until,
+            FenceState::Always => true,
+        }
+    }
+
+    fn get(&self) -> FenceState {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, state: FenceState) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+}
+
+/// The `bulkhead_leader` gauge: 1 while the controllers run *and* the fence lets them write,
+/// evaluated at every scrape, so a process that resumes after a freeze never reports a
+/// leadership it can no longer prove.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderGauge {
+    running: Arc<AtomicBool>,
+    fence: Fence,
+}
+
+impl LeaderGauge {
+    /// The fence this gauge reports on (and the elector maintains).
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// Whether the controllers run.
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::SeqCst);
+    }
+
+    /// The current value: 1 or 0.
+    pub fn get(&self) -> i64 {
+        i64::from(self.running.load(Ordering::SeqCst) && self.fence.allows())
+    }
+}
+
+impl EncodeMetric for LeaderGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::result::Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// Why a write was refused without being sent.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not sent: this process no longer holds the Lease (it could not renew it before the renew deadline)"
+)]
+pub struct NotLeader;
+
+/// A client that refuses every non-read request while `fence` is closed. Reads (GET: get, list,
+/// watch) pass, so caches stay warm on a standby.
+pub fn fenced(client: Client, fence: Fence) -> Client {
+    let namespace = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let allowed = request.method() == http::Method::GET || fence.allows();
+        async move {
+            if !allowed {
+                return Err(kube::Error::Service(Box::new(NotLeader)));
+            }
+            client.send(request).await
+        }
+    });
+    Client::new(service, namespace)
+}
+
 /// The leadership signal and the task that maintains it.
 pub struct Leadership {
     receiver: watch::Receiver<bool>,
@@ -48,8 +186,10 @@ pub struct Leadership {
 
 impl Leadership {
     /// Start competing for the Lease (or lead unconditionally when election is disabled).
-    pub async fn start(client: Client, config: &LeaderConfig) -> Result<Self> {
+    /// `fence` is opened only while the Lease is provably held.
+    pub async fn start(client: Client, config: &LeaderConfig, fence: Fence) -> Result<Self> {
         if !config.enabled {
+            fence.set(FenceState::Always);
             let (tx, rx) = watch::channel(true);
             return Ok(Self {
                 receiver: rx,
@@ -58,23 +198,17 @@ impl Leadership {
                 _always: Some(tx),
             });
         }
-        // The first manager is built here so that a Lease that cannot be read or created is an
-        // error of `start`, reported before anything is reconciled.
-        let first = build_manager(client.clone(), config).await?;
+        fence.set(FenceState::Closed);
+        let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+        // A Lease that cannot be read is an error of `start`, reported before anything is
+        // reconciled.
+        let first = api.get_opt(&config.lease_name).await?;
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
-        let freed = lease_freed(
-            Api::namespaced(client.clone(), &config.namespace),
-            &config.lease_name,
-        );
-        let task = tokio::spawn(compete(
-            client,
-            config.clone(),
-            first,
-            freed,
-            tx,
-            stop.clone(),
-        ));
+        let mut elector = Elector::new(api.clone(), config.clone(), fence, tx);
+        elector.observe_read(first, Instant::now());
+        let events = lease_events(api, &config.lease_name);
+        let task = tokio::spawn(elector.run(events, stop.clone()));
         Ok(Self {
             receiver: rx,
             stop,
@@ -103,137 +237,454 @@ impl Leadership {
     }
 }
 
-async fn build_manager(client: Client, config: &LeaderConfig) -> Result<LeaseManager> {
-    Ok(LeaseManagerBuilder::new(client, &config.lease_name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(config.lease_duration.as_secs().max(1))
-        .with_grace(config.renew_grace.as_secs().max(1))
-        .with_field_manager(LEASE_FIELD_MANAGER)
-        .with_create_mode(LeaseCreateMode::AutoCreate)
-        .build()
-        .await?)
+/// What the watch of the Lease reported.
+enum Seen {
+    Lease(Box<Lease>),
+    Deleted,
 }
 
-/// Pause before competing for a Lease seen released.
-const FREED_PAUSE: Duration = Duration::from_millis(100);
-
-/// Why one manager's run ended.
-enum Outcome {
-    /// Shutdown: the manager released the Lease.
-    Stopped,
-    /// The Lease was freed while we stood by: compete again now.
-    Freed,
-    /// The manager gave up (an API error it does not retry).
-    Failed,
+/// The Lease as last known.
+#[derive(Clone, Debug)]
+enum Known {
+    /// Must be read (after a conflict, or to confirm what the watch said).
+    Unknown,
+    Absent,
+    Present {
+        lease: Box<Lease>,
+        /// When this process first learned of this version: the basis of expiry.
+        since: Instant,
+    },
 }
 
-/// Keep competing for the Lease until `stop`, forwarding the manager's signal to `signal`.
-///
-/// kube-lease-manager's standby sleeps until the expiry it last read; it has no way to be told
-/// the Lease was released. So when the watch reports the Lease free while we stand by, the
-/// manager is replaced by a fresh one, which reads the Lease and takes it.
-async fn compete(
-    client: Client,
+/// What the elector does next.
+#[derive(Debug, PartialEq)]
+enum Step {
+    Read,
+    Create,
+    /// A guarded write naming this process; `acquire` when it takes the Lease from another.
+    Write {
+        acquire: bool,
+    },
+    Wait(Instant),
+}
+
+struct Elector {
+    api: Api<Lease>,
     config: LeaderConfig,
-    first: LeaseManager,
-    freed: impl Stream<Item = ()> + Send + 'static,
+    fence: Fence,
     signal: watch::Sender<bool>,
-    stop: CancellationToken,
-) {
-    let mut freed = std::pin::pin!(freed);
-    let mut next = Some(first);
-    let mut failures: u32 = 0;
-    loop {
-        let manager = match next.take() {
-            Some(manager) => manager,
-            None => match build_manager(client.clone(), &config).await {
-                Ok(manager) => manager,
-                Err(err) => {
-                    failures = failures.saturating_add(1);
-                    let delay = crate::controller::backoff::delay_for(failures);
-                    tracing::warn!(error = %err, retry_in_s = delay.as_secs(), "leader election cannot read the Lease; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        () = stop.cancelled() => return,
-                    }
-                }
-            },
-        };
-        // Free events queued before this manager read the Lease are stale: it has seen them.
-        while let Some(Some(())) = freed.next().now_or_never() {}
-        let (mut leading, task) = manager.watch().await;
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => break Outcome::Stopped,
-                changed = leading.changed() => {
-                    if changed.is_err() {
-                        break Outcome::Failed;
-                    }
-                    let now = *leading.borrow_and_update();
-                    signal.send_replace(now);
-                    if now {
-                        failures = 0;
-                    }
-                }
-                Some(()) = freed.next(), if !*leading.borrow() => break Outcome::Freed,
-            }
-        };
-        // Closing the receiver makes the manager release the Lease if it holds it (a standby's
-        // release changes nothing) and return.
-        drop(leading);
-        let ended = task.await;
-        match (&outcome, ended) {
-            (Outcome::Stopped, Ok(Ok(_))) => tracing::info!("Lease released"),
-            (Outcome::Stopped, Ok(Err(err))) => {
-                tracing::warn!(error = %err, "releasing the Lease failed; a standby takes over when it expires");
-            }
-            (_, Err(err)) => tracing::warn!(error = %err, "leader-election task failed"),
-            (_, Ok(Err(err))) => {
-                tracing::warn!(error = %err, "leader election stopped on an error; starting over")
-            }
-            (_, Ok(Ok(_))) => {}
+    known: Known,
+    /// While leading: when the last successful write was sent.
+    renewed: Option<Instant>,
+    /// After a failed request: not again before this.
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+impl Elector {
+    fn new(
+        api: Api<Lease>,
+        config: LeaderConfig,
+        fence: Fence,
+        signal: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            api,
+            config,
+            fence,
+            signal,
+            known: Known::Unknown,
+            renewed: None,
+            retry_at: None,
+            failures: 0,
         }
-        signal.send_replace(false);
-        match outcome {
-            Outcome::Stopped => return,
-            Outcome::Freed => {
-                tracing::debug!("the Lease was released; competing for it now");
-                // A short pause: standbys that saw the same release do not race in lockstep,
-                // and a stale event can never turn this into a tight loop.
-                tokio::select! {
-                    () = tokio::time::sleep(FREED_PAUSE) => {}
-                    () = stop.cancelled() => return,
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.renewed.map(|sent| sent + self.config.valid_for())
+    }
+
+    fn version(&self) -> Option<&str> {
+        match &self.known {
+            Known::Present { lease, .. } => lease.metadata.resource_version.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The next step at `now` (pure: no I/O).
+    fn plan(&self, now: Instant) -> Step {
+        if let Some(at) = self.retry_at.filter(|at| now < *at) {
+            return Step::Wait(at);
+        }
+        let (lease, since) = match &self.known {
+            Known::Unknown => return Step::Read,
+            Known::Absent => return Step::Create,
+            Known::Present { lease, since } => (lease, *since),
+        };
+        match holder(lease) {
+            None => Step::Write { acquire: true },
+            Some(holder) if holder == self.config.identity => match self.renewed {
+                Some(sent) if now < sent + self.config.renew_after() => {
+                    Step::Wait(sent + self.config.renew_after())
                 }
-            }
-            Outcome::Failed => {
-                failures = failures.saturating_add(1);
-                let delay = crate::controller::backoff::delay_for(failures);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stop.cancelled() => return,
+                // Due, or on record as ours but not proven since (a write that timed out but
+                // landed, a restart): a guarded write proves it.
+                _ => Step::Write { acquire: false },
+            },
+            Some(_) => {
+                let expires = since + duration_of(lease, self.config.lease_duration);
+                if now < expires {
+                    Step::Wait(expires)
+                } else {
+                    Step::Write { acquire: true }
                 }
             }
         }
     }
+
+    async fn run(mut self, events: impl Stream<Item = Seen> + Send, stop: CancellationToken) {
+        let mut events = std::pin::pin!(events);
+        loop {
+            self.check_deadline(Instant::now());
+            if stop.is_cancelled() {
+                self.release().await;
+                return;
+            }
+            let wait = match self.plan(Instant::now()) {
+                Step::Wait(until) => until,
+                step => {
+                    self.execute(step).await;
+                    continue;
+                }
+            };
+            let wait = self.deadline().map_or(wait, |deadline| wait.min(deadline));
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep_until(wait) => {}
+                Some(seen) = events.next() => self.observe_watch(seen, Instant::now()),
+            }
+        }
+    }
+
+    /// Stop writing once the renew deadline has passed without a successful renewal.
+    fn check_deadline(&mut self, now: Instant) {
+        if self.deadline().is_some_and(|deadline| now >= deadline) {
+            tracing::warn!(
+                "could not renew the Lease before the renew deadline; stopping all writes"
+            );
+            self.step_down();
+        }
+    }
+
+    fn step_down(&mut self) {
+        self.renewed = None;
+        self.fence.set(FenceState::Closed);
+        self.signal.send_replace(false);
+    }
+
+    /// How long the next request may take: never past the renew deadline.
+    fn request_limit(&self, now: Instant) -> Duration {
+        let limit = self.config.request_timeout();
+        self.deadline()
+            .map_or(limit, |deadline| {
+                limit.min(deadline.saturating_duration_since(now))
+            })
+            .max(Duration::from_millis(50))
+    }
+
+    async fn execute(&mut self, step: Step) {
+        let sent = Instant::now();
+        let limit = self.request_limit(sent);
+        let name = self.config.lease_name.clone();
+        let result = match step {
+            Step::Wait(_) => return,
+            Step::Read => match tokio::time::timeout(limit, self.api.get_opt(&name)).await {
+                Ok(Ok(lease)) => {
+                    self.observe_read(lease, Instant::now());
+                    Ok(())
+                }
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            },
+            Step::Create => {
+                let lease = self.new_lease();
+                let params = PostParams {
+                    field_manager: Some(LEASE_FIELD_MANAGER.to_owned()),
+                    ..PostParams::default()
+                };
+                match tokio::time::timeout(limit, self.api.create(&params, &lease)).await {
+                    Ok(Ok(lease)) => {
+                        self.won(lease, sent);
+                        Ok(())
+                    }
+                    Ok(Err(err)) if is_status(&err, 409) => {
+                        self.known = Known::Unknown;
+                        Ok(())
+                    }
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            }
+            Step::Write { acquire } => {
+                let patch = self.claim(acquire);
+                match tokio::time::timeout(
+                    limit,
+                    self.api.patch(&name, &params(), &Patch::Merge(&patch)),
+                )
+                .await
+                {
+                    Ok(Ok(lease)) => {
+                        self.won(lease, sent);
+                        Ok(())
+                    }
+                    Ok(Err(err)) if is_status(&err, 409) => {
+                        tracing::debug!("the Lease changed since it was read; reading it again");
+                        self.known = Known::Unknown;
+                        Ok(())
+                    }
+                    Ok(Err(err)) if is_status(&err, 404) => {
+                        self.known = Known::Absent;
+                        Ok(())
+                    }
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.retry_at = None;
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                let period = self.config.retry_period();
+                let delay = if self.renewed.is_some() {
+                    period
+                } else {
+                    period
+                        .saturating_mul(1 << self.failures.min(5))
+                        .min(self.config.renew_grace.max(period))
+                };
+                tracing::warn!(
+                    error,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "Lease request failed; retrying"
+                );
+                self.retry_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    /// The merge patch that names this process, guarded by the version it was computed from.
+    fn claim(&self, acquire: bool) -> Value {
+        let now = format!("{:.6}", jiff::Timestamp::now());
+        let mut spec = json!({
+            "holderIdentity": self.config.identity,
+            "leaseDurationSeconds": lease_seconds(self.config.lease_duration),
+            "renewTime": now,
+        });
+        if acquire {
+            let transitions = match &self.known {
+                Known::Present { lease, .. } => lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_transitions)
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            spec["acquireTime"] = json!(now);
+            spec["leaseTransitions"] = json!(transitions.saturating_add(1));
+        }
+        json!({
+            "metadata": { "resourceVersion": self.version().unwrap_or_default() },
+            "spec": spec,
+        })
+    }
+
+    fn new_lease(&self) -> Lease {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+        Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.config.lease_name.clone()),
+                namespace: Some(self.config.namespace.clone()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some(self.config.identity.clone()),
+                lease_duration_seconds: Some(lease_seconds(self.config.lease_duration)),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A write naming this process succeeded: it leads until the renew deadline.
+    fn won(&mut self, lease: Lease, sent: Instant) {
+        let ours = holder(&lease) == Some(self.config.identity.as_str());
+        self.known = Known::Present {
+            lease: Box::new(lease),
+            since: sent,
+        };
+        if !ours {
+            self.step_down();
+            return;
+        }
+        let deadline = sent + self.config.valid_for();
+        if Instant::now() >= deadline {
+            // The answer came too late to act on; the next write proves it again.
+            self.step_down();
+            return;
+        }
+        let was_leading = self.renewed.is_some();
+        self.renewed = Some(sent);
+        self.fence.set(FenceState::Until(deadline));
+        if !was_leading {
+            tracing::info!(identity = %self.config.identity, "holding the Lease");
+            self.signal.send_replace(true);
+        }
+    }
+
+    /// An authoritative read (GET): what it says is the truth now.
+    fn observe_read(&mut self, lease: Option<Lease>, now: Instant) {
+        let Some(lease) = lease else {
+            if self.renewed.is_some() {
+                tracing::warn!("the Lease was deleted; stopping all writes");
+                self.step_down();
+            }
+            self.known = Known::Absent;
+            return;
+        };
+        if self.renewed.is_some() && holder(&lease) != Some(self.config.identity.as_str()) {
+            tracing::warn!(holder = ?holder(&lease), "another process holds the Lease; stopping all writes");
+            self.step_down();
+        }
+        self.remember(lease, now);
+    }
+
+    /// What the watch reported. It may lag behind this process's own writes, so while leading
+    /// it is trusted only to raise doubt, settled by a read.
+    fn observe_watch(&mut self, seen: Seen, now: Instant) {
+        match seen {
+            Seen::Deleted if self.renewed.is_some() => self.known = Known::Unknown,
+            Seen::Deleted => self.known = Known::Absent,
+            Seen::Lease(lease) => {
+                if self.renewed.is_some() {
+                    if holder(&lease) != Some(self.config.identity.as_str()) {
+                        self.known = Known::Unknown;
+                    }
+                    return;
+                }
+                if holder(&lease).is_none() {
+                    // Released: compete now, even if a failed attempt asked to wait.
+                    self.retry_at = None;
+                }
+                self.remember(*lease, now);
+            }
+        }
+    }
+
+    /// Keep `lease` as known; a version not seen before starts its expiry clock now.
+    fn remember(&mut self, lease: Lease, now: Instant) {
+        let version = lease.metadata.resource_version.clone();
+        let since = match &self.known {
+            Known::Present { lease: old, since } if old.metadata.resource_version == version => {
+                *since
+            }
+            _ => now,
+        };
+        self.known = Known::Present {
+            lease: Box::new(lease),
+            since,
+        };
+    }
+
+    /// On shutdown: clear the holder (guarded), so a standby takes over at once.
+    async fn release(&mut self) {
+        let ours = matches!(&self.known, Known::Present { lease, .. } if holder(lease) == Some(self.config.identity.as_str()));
+        let leading = self.renewed.is_some();
+        self.step_down();
+        if !ours || !leading {
+            return;
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": self.version().unwrap_or_default() },
+            "spec": {
+                "holderIdentity": null,
+                "renewTime": format!("{:.6}", jiff::Timestamp::now()),
+            },
+        });
+        let limit = self.config.request_timeout();
+        match tokio::time::timeout(
+            limit,
+            self.api
+                .patch(&self.config.lease_name, &params(), &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => tracing::info!("Lease released"),
+            Ok(Err(err)) if is_status(&err, 409) => {
+                tracing::info!("the Lease changed meanwhile; nothing to release");
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "releasing the Lease failed; a standby takes over when it expires");
+            }
+            Err(_) => tracing::warn!(
+                "releasing the Lease timed out; a standby takes over when it expires"
+            ),
+        }
+    }
 }
 
-/// A signal each time the named Lease is seen without a holder (released) or deleted.
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(LEASE_FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+fn lease_seconds(duration: Duration) -> i32 {
+    i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+/// The Lease's own duration (the holder's setting), else ours.
+fn duration_of(lease: &Lease, fallback: Duration) -> Duration {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(fallback, Duration::from_secs)
+}
+
+/// The holder, if any.
+fn holder(lease: &Lease) -> Option<&str> {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+}
+
+/// The named Lease as the watch sees it.
 ///
 /// The watch is pinned to the one name, so the Role only needs `list`/`watch` on that Lease.
 /// Watch errors are retried with backoff; while the watch is down, takeover falls back to
 /// waiting for the Lease to expire.
-fn lease_freed(api: Api<Lease>, name: &str) -> impl Stream<Item = ()> + Send + 'static {
+fn lease_events(api: Api<Lease>, name: &str) -> impl Stream<Item = Seen> + Send + 'static {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     watcher::watcher(api, config)
         .default_backoff()
         .filter_map(|event| async move {
             match event {
                 Ok(Event::Apply(lease) | Event::InitApply(lease)) => {
-                    is_free(&lease).then_some(())
+                    Some(Seen::Lease(Box::new(lease)))
                 }
-                Ok(Event::Delete(_)) => Some(()),
+                Ok(Event::Delete(_)) => Some(Seen::Deleted),
                 Ok(Event::Init | Event::InitDone) => None,
                 Err(err) => {
                     tracing::warn!(error = %err, "watching the Lease failed; a released Lease is taken over when it expires");
@@ -241,15 +692,6 @@ fn lease_freed(api: Api<Lease>, name: &str) -> impl Stream<Item = ()> + Send + '
                 }
             }
         })
-}
-
-/// A Lease nobody holds.
-fn is_free(lease: &Lease) -> bool {
-    lease
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.holder_identity.as_deref())
-        .is_none_or(str::is_empty)
 }
 
 /// Validate the lease timings, with a message naming the flags.
@@ -266,4 +708,138 @@ pub fn validate_timings(duration: Duration, grace: Duration) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    const D: Duration = Duration::from_secs(5);
+    const G: Duration = Duration::from_secs(2);
+
+    /// A client whose every request answers 200 `{}` and is counted.
+    fn counting_client(sent: Arc<AtomicUsize>) -> Client {
+        let service = tower::service_fn(move |_request: http::Request<kube::client::Body>| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(kube::client::Body::from(
+                    b"{}".to_vec(),
+                )))
+            }
+        });
+        Client::new(service, "team-a")
+    }
+
+    fn elector() -> (Elector, watch::Receiver<bool>, Fence) {
+        let client = counting_client(Arc::new(AtomicUsize::new(0)));
+        let config = LeaderConfig {
+            enabled: true,
+            namespace: "team-a".into(),
+            lease_name: "bulkhead".into(),
+            identity: "me".into(),
+            lease_duration: D,
+            renew_grace: G,
+        };
+        let (tx, rx) = watch::channel(false);
+        let fence = Fence::default();
+        let elector = Elector::new(Api::namespaced(client, "team-a"), config, fence.clone(), tx);
+        (elector, rx, fence)
+    }
+
+    fn lease(holder: Option<&str>, version: &str) -> Lease {
+        Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some("bulkhead".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_duration_seconds: Some(5),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_lease_is_taken_only_after_a_full_duration_without_a_new_version() {
+        let (mut e, _rx, _fence) = elector();
+        let t0 = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "1")), t0);
+        assert_eq!(e.plan(t0 + Duration::from_secs(4)), Step::Wait(t0 + D));
+        // The same version read again later does not restart the clock; a new one does.
+        e.observe_read(Some(lease(Some("other"), "1")), t0 + Duration::from_secs(3));
+        assert_eq!(e.plan(t0 + D), Step::Write { acquire: true });
+        e.observe_watch(Seen::Lease(Box::new(lease(Some("other"), "2"))), t0 + D);
+        assert_eq!(e.plan(t0 + D), Step::Wait(t0 + D + D));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once_and_every_write_is_guarded() {
+        let (mut e, _rx, _fence) = elector();
+        let t0 = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "1")), t0);
+        e.observe_watch(Seen::Lease(Box::new(lease(None, "7"))), t0);
+        assert_eq!(e.plan(t0), Step::Write { acquire: true });
+        let claim = e.claim(true);
+        assert_eq!(claim["metadata"]["resourceVersion"], "7");
+        assert_eq!(claim["spec"]["holderIdentity"], "me");
+        e.observe_read(None, t0);
+        assert_eq!(e.plan(t0), Step::Create);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_renews_at_d_minus_g_and_stops_writing_at_d_minus_half_g() {
+        let (mut e, rx, fence) = elector();
+        let sent = Instant::now();
+        e.won(lease(Some("me"), "3"), sent);
+        assert!(*rx.borrow() && fence.allows());
+        assert_eq!(e.plan(sent), Step::Wait(sent + Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_millis(3999)).await;
+        e.check_deadline(Instant::now());
+        assert!(*rx.borrow() && fence.allows(), "still inside the deadline");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!fence.allows(), "the fence closes by the clock alone");
+        e.check_deadline(Instant::now());
+        assert!(!*rx.borrow(), "and the signal follows");
+        // The Lease still names it: a guarded write proves it again.
+        assert_eq!(e.plan(Instant::now()), Step::Write { acquire: false });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_holder_seen_while_leading_is_confirmed_by_a_read() {
+        let (mut e, rx, _fence) = elector();
+        let sent = Instant::now();
+        e.won(lease(Some("me"), "3"), sent);
+        e.observe_watch(Seen::Lease(Box::new(lease(Some("other"), "2"))), sent);
+        assert!(*rx.borrow(), "a watch event alone does not depose");
+        assert_eq!(e.plan(sent), Step::Read);
+        e.observe_read(Some(lease(Some("other"), "4")), sent);
+        assert!(!*rx.borrow(), "a read that shows another holder does");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fenced_client_refuses_writes_but_not_reads_when_closed() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let fence = Fence::default();
+        let client = fenced(counting_client(sent.clone()), fence.clone());
+        let api: Api<Lease> = Api::namespaced(client, "team-a");
+        let params = PatchParams::default();
+        let patch = Patch::Merge(json!({}));
+        let refused = api.patch("bulkhead", &params, &patch).await;
+        assert!(
+            matches!(&refused, Err(kube::Error::Service(e)) if e.is::<NotLeader>()),
+            "{refused:?}"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 0, "nothing was sent");
+        let _ = api.get_opt("bulkhead").await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "reads pass");
+        fence.set(FenceState::Until(Instant::now() + Duration::from_secs(1)));
+        let _ = api.patch("bulkhead", &params, &patch).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "writes pass while open");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(api.patch("bulkhead", &params, &patch).await.is_err());
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
 }

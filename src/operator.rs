@@ -3,7 +3,9 @@
 //!
 //! Never a crash loop: a missing CRD or right keeps the process up, `/readyz` failing with the
 //! reason, retried with backoff. On shutdown the controllers stop first, then the Lease is
-//! released so a standby takes over at once.
+//! released so a standby takes over at once. The controllers write only through a client
+//! fenced by the Lease (`leader::fenced`): once this process cannot prove it holds the Lease,
+//! their writes are refused before they are sent.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::controller;
 use crate::controller::backoff;
-use crate::leader::{LeaderConfig, Leadership};
+use crate::leader::{self, LeaderConfig, Leadership};
 use crate::preflight;
 use crate::rbac::{self, RbacOptions};
 use crate::telemetry::{Metrics, Readiness};
@@ -43,8 +45,10 @@ pub async fn run(
     if !wait_for_preflight(&client, &config, &metrics, &readiness, &shutdown).await {
         return Ok(());
     }
-    let leadership = Leadership::start(client.clone(), &config.leader).await?;
+    let fence = metrics.leader.fence();
+    let leadership = Leadership::start(client.clone(), &config.leader, fence.clone()).await?;
     let leader = leadership.subscribe();
+    let client = leader::fenced(client, fence);
     let instance = config.leader.identity.clone();
     let namespace = config.namespace.clone();
     let settings = config.settings.clone();
@@ -149,11 +153,14 @@ pub async fn supervise<F, Fut>(
             () = shutdown.cancelled() => return,
         }
         tracing::info!("acquired the Lease; reconciling");
-        metrics.leader.set(1);
+        metrics.leader.set_running(true);
         let stop = shutdown.child_token();
         let mut controllers = tokio::spawn(start(stop.clone()));
         let finished_early = tokio::select! {
             alive = wait_until(&mut leader, false) => {
+                // Writes are refused from here on (the fence closed first); say so at once,
+                // not after the drain.
+                metrics.leader.set_running(false);
                 if alive {
                     tracing::warn!("lost the Lease; stopping controllers and standing by");
                 } else {
@@ -176,7 +183,7 @@ pub async fn supervise<F, Fut>(
             tracing::warn!("controllers did not stop within the drain timeout; aborting them");
             controllers.abort();
         }
-        metrics.leader.set(0);
+        metrics.leader.set_running(false);
         if shutdown.is_cancelled() {
             return;
         }

@@ -95,7 +95,7 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
-    pub leader: Gauge,
+    pub leader: crate::leader::LeaderGauge,
     pub preflight_ok: Gauge,
     pub missing_rights: Gauge,
     pub excess_rights: Gauge,
@@ -131,10 +131,10 @@ impl Default for Metrics {
             "Reconcile duration per controller",
             reconcile_duration.clone(),
         );
-        let leader = Gauge::default();
+        let leader = crate::leader::LeaderGauge::default();
         registry.register(
             "leader",
-            "1 while this instance holds the Lease",
+            "1 while this instance holds the Lease and may write (checked at each scrape)",
             leader.clone(),
         );
         let preflight_ok = Gauge::default();

@@ -522,8 +522,8 @@ async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shu
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(leader.metrics.encode().contains("bulkhead_leader 1"));
-    assert!(standby.metrics.encode().contains("bulkhead_leader 0"));
+    assert!(leader_value(&leader));
+    assert!(!leader_value(&standby));
     let lease = double
         .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
         .unwrap();
@@ -536,9 +536,7 @@ async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shu
             let lease = double
                 .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
                 .unwrap();
-            if lease["spec"]["holderIdentity"] == "second"
-                && standby.metrics.encode().contains("bulkhead_leader 1")
-            {
+            if lease["spec"]["holderIdentity"] == "second" && leader_value(&standby) {
                 return lease;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -555,4 +553,247 @@ async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shu
     })
     .await;
     standby.stop().await;
+}
+
+// ---- leadership -------------------------------------------------------------------------------
+
+/// Short Lease timings for the leadership scenarios: (duration, renew grace).
+const SHORT_LEASE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(2));
+
+/// The `bulkhead_leader` sample (the whole line: the HELP text starts with "1 while").
+fn leader_value(op: &support::operator::Running) -> bool {
+    op.metrics
+        .encode()
+        .lines()
+        .any(|l| l == "bulkhead_leader 1")
+}
+
+/// A Lease someone else held and stopped renewing long ago.
+fn stale_lease(holder: &str) -> k8s_openapi::api::coordination::v1::Lease {
+    serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "bulkhead", "namespace": NS},
+        "spec": {
+            "holderIdentity": holder, "leaseDurationSeconds": 5,
+            "acquireTime": "2020-01-01T00:00:00.000000Z", "renewTime": "2020-01-01T00:00:00.000000Z",
+        },
+    }))
+    .unwrap()
+}
+
+/// Sample both processes' `bulkhead_leader` every 20 ms for `span`; panics on a sample where
+/// both lead. Returns how many samples had a leader.
+async fn at_most_one_leader(
+    a: &support::operator::Running,
+    b: &support::operator::Running,
+    span: Duration,
+) -> usize {
+    let mut led = 0;
+    let end = tokio::time::Instant::now() + span;
+    while tokio::time::Instant::now() < end {
+        let (x, y) = (leader_value(a), leader_value(b));
+        assert!(!(x && y), "two leaders at once");
+        led += usize::from(x || y);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    led
+}
+
+/// Two processes start together against a Lease whose holder died: exactly one takes it over
+/// (every write is guarded by the resourceVersion it was computed from), and the loser never
+/// reports leadership, not even for a moment.
+#[tokio::test]
+async fn two_instances_racing_for_an_expired_lease_never_lead_together() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&stale_lease("ghost"));
+    let a =
+        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
+    let b =
+        support::operator::start_timed(&double, "b", options(), Settings::default(), SHORT_LEASE);
+    // The ghost's Lease expires 5 s after each process first saw it; then one takes it and
+    // renews it (every 3 s) through the rest of the span.
+    let led = at_most_one_leader(&a, &b, Duration::from_secs(10)).await;
+    assert!(led > 0, "one of them took the expired Lease over");
+    let lease = double
+        .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
+        .unwrap();
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+    assert!(holder == "a" || holder == "b", "{lease}");
+    assert_eq!(
+        lease["spec"]["leaseTransitions"], 1,
+        "taken over once: {lease}"
+    );
+    assert!(
+        leader_value(if holder == "a" { &a } else { &b }),
+        "the holder on record is the one that leads"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A leader whose renewals fail stops writing at its renew deadline (D − G/2 after its last
+/// renewal), before any other process could take the Lease (D after it last saw a renewal).
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_the_lease_could_pass() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    let op =
+        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
+    eventually("leads", || leader_value(&op).then_some(())).await;
+    let renewals = || {
+        double
+            .requests()
+            .iter()
+            .filter(|r| r.resource == "leases" && r.verb == "patch")
+            .count()
+    };
+    // Wait for a renewal, so the last successful write is known to within a poll.
+    let before = renewals();
+    eventually("a renewal", || (renewals() > before).then_some(())).await;
+    let renewed = tokio::time::Instant::now();
+    double.fail_next(
+        support::apidouble::Matcher::new("patch", "leases"),
+        500,
+        1000,
+    );
+    eventually("steps down", || (!leader_value(&op)).then_some(())).await;
+    let stepped_down = renewed.elapsed();
+    assert!(
+        stepped_down >= Duration::from_secs(3),
+        "renewal is due 3 s after the last one; stepped down after {stepped_down:?}"
+    );
+    assert!(
+        stepped_down < Duration::from_secs(5),
+        "stopped writing before the 5 s Lease could pass to another: {stepped_down:?}"
+    );
+    assert!(
+        renewals() > before + 2,
+        "the renewal was retried before giving up"
+    );
+    op.stop().await;
+}
+
+/// Renewing the Lease costs one request: a guarded patch, no read before it.
+#[tokio::test]
+async fn a_renewal_is_one_request() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    let op =
+        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
+    eventually("leads", || leader_value(&op).then_some(())).await;
+    double.clear_requests();
+    // Two renewals (every 3 s).
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let lease_requests: Vec<String> = double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "leases" && r.verb != "watch")
+        .map(|r| format!("{} {}", r.verb, r.path))
+        .collect();
+    assert_eq!(
+        lease_requests.len(),
+        2,
+        "two renewals, one request each: {lease_requests:?}"
+    );
+    assert!(lease_requests.iter().all(|r| r.starts_with("patch ")));
+    assert!(leader_value(&op));
+    op.stop().await;
+}
+
+// ---- the Tenant's counters --------------------------------------------------------------------
+
+/// The Tenant's recorded `status.credentials` as (total, ready).
+fn tenant_counts(double: &ApiDouble) -> Option<(u64, u64)> {
+    let t = double.get_json("bulkhead.dev", "tenants", NS, "tenant")?;
+    let c = &t["status"]["credentials"];
+    Some((c["total"].as_u64()?, c["ready"].as_u64()?))
+}
+
+fn tenant_status_writes(double: &ApiDouble) -> usize {
+    double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "tenants/status" && r.verb == "patch")
+        .count()
+}
+
+fn reconciles(op: &support::operator::Running, controller: &str) -> u64 {
+    let prefix = format!("bulkhead_reconcile_total{{controller=\"{controller}\"}} ");
+    op.metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A restart with settled Credentials re-reads everything and writes nothing but the Lease:
+/// in particular the Tenant's counts are not first rewritten from a cache still listing.
+#[tokio::test]
+async fn a_restart_with_settled_credentials_writes_nothing_but_the_lease() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&tenant());
+    for i in 0..20 {
+        double.insert(&credential(&format!("c{i}"), CredentialType::Random));
+    }
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("all counted Ready", || {
+        (tenant_counts(&double) == Some((20, 20))).then_some(())
+    })
+    .await;
+    op.stop().await;
+    double.clear_requests();
+
+    let op = start(&double, "b", options(), Settings::default());
+    // The signal that the work ran: every Credential and the Tenant reconciled.
+    eventually("every object reconciled", || {
+        (reconciles(&op, "credential") >= 20 && reconciles(&op, "tenant") >= 1).then_some(())
+    })
+    .await;
+    // Let anything still queued after those reconciles land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes: Vec<String> = double
+        .requests()
+        .iter()
+        .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        // Preflight's probes persist nothing: dry runs and the self-review.
+        .filter(|r| !r.query.contains("dryRun=All") && !r.path.ends_with("selfsubjectrulesreviews"))
+        .filter(|r| r.resource != "leases")
+        .map(|r| format!("{} {}", r.verb, r.path))
+        .collect();
+    assert!(writes.is_empty(), "a restart wrote: {writes:?}");
+    assert_eq!(tenant_counts(&double), Some((20, 20)));
+    op.stop().await;
+}
+
+/// A burst of Credentials moves the Tenant's counts at most once a second, and the last write
+/// has the final counts.
+#[tokio::test]
+async fn the_tenants_counts_are_written_at_most_once_a_second() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&tenant());
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("the Tenant counted", || {
+        (tenant_counts(&double) == Some((0, 0))).then_some(())
+    })
+    .await;
+    let before = tenant_status_writes(&double);
+    let started = tokio::time::Instant::now();
+    for i in 0..40 {
+        double.insert(&credential(&format!("c{i}"), CredentialType::Random));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eventually("all counted Ready", || {
+        (tenant_counts(&double) == Some((40, 40))).then_some(())
+    })
+    .await;
+    let seconds = started.elapsed().as_secs();
+    let writes = tenant_status_writes(&double) - before;
+    assert!(
+        writes as u64 <= seconds + 1,
+        "{writes} status writes in {seconds} s of burst"
+    );
+    op.stop().await;
 }

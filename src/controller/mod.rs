@@ -53,6 +53,8 @@ pub struct Context {
     pub link: Arc<crate::controlplane::Link>,
     /// The identity Secret, from a watch on exactly that name.
     pub identity: Store<Secret>,
+    /// Coalesces the Tenant's count-only status writes.
+    pub tenant_writes: tenant::WriteGate,
 }
 
 /// The caches a reconcile reads.
@@ -117,6 +119,7 @@ impl Context {
             )),
             metrics,
             identity: stores.identity,
+            tenant_writes: tenant::WriteGate::default(),
             settings,
         }
     }

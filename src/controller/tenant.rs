@@ -31,6 +31,52 @@ use crate::controlplane::identity::{self, IdentitySummary};
 /// How long a reconcile waits for the identity watch's first list.
 const IDENTITY_LIST_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a reconcile waits for the Credential watch's first list before it counts.
+const CREDENTIAL_LIST_WAIT: Duration = Duration::from_secs(1);
+
+/// At most one write of changed Credential counts per this interval.
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When the Tenant's status was last written, to coalesce count-only changes.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl WriteGate {
+    /// How long a count-only write must wait to keep within one per `interval`; `None`: now.
+    pub fn wait_before_counts(&self, interval: Duration) -> Option<Duration> {
+        let last = *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = last? + interval;
+        let now = tokio::time::Instant::now();
+        (now < next).then(|| next - now)
+    }
+
+    /// A status write was sent.
+    pub fn wrote(&self) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+    }
+}
+
+/// Whether the desired status differs from the current one only by the Credential counts
+/// (and the messages that quote them): the same status computed with the recorded counts is
+/// what the Tenant already has.
+fn only_counts_differ(tenant: &Tenant, link: Option<&LinkState>, now: Timestamp) -> bool {
+    let Some(current) = tenant.status.as_ref() else {
+        return false;
+    };
+    let Some(recorded) = current.credentials else {
+        return false;
+    };
+    desired_status(tenant, recorded, link, now).0 == *current
+}
+
 /// Reason of an identity that is valid but close to expiry.
 pub const EXPIRING_SOON: &str = "ExpiringSoon";
 
@@ -367,6 +413,15 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action>
 }
 
 async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
+    // Right after start (or a gain of leadership) the Credential cache may not have listed
+    // yet: counting an empty cache would write `{total: 0}` and then the true counts.
+    if tokio::time::timeout(CREDENTIAL_LIST_WAIT, ctx.credentials.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the Credential watch has not listed yet; counting later");
+        return Ok(Action::requeue(CREDENTIAL_LIST_WAIT));
+    }
     let credentials = ctx.credentials.state();
     let counts = credential_counts(credentials.iter().map(AsRef::as_ref));
     let now = Timestamp::now();
@@ -386,7 +441,23 @@ async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Actio
         }
     };
     let (status, transitions) = desired_status(&tenant, counts, link.as_ref(), now);
+    // Counts alone change with every Credential: coalesce them to one write per
+    // COUNTS_INTERVAL; anything else (a condition, the link) is written at once.
+    if tenant.status.as_ref() != Some(&status)
+        && only_counts_differ(&tenant, link.as_ref(), now)
+        && let Some(wait) = ctx.tenant_writes.wait_before_counts(COUNTS_INTERVAL)
+    {
+        tracing::debug!(
+            ?counts,
+            "Credential counts changed; written within a second"
+        );
+        return match failure {
+            Some(err) => Err(err.into()),
+            None => Ok(Action::requeue(wait)),
+        };
+    }
     if tenant.status.as_ref() != Some(&status) {
+        ctx.tenant_writes.wrote();
         let patch = json!({
             "apiVersion": "bulkhead.dev/v1alpha1",
             "kind": "Tenant",

@@ -16,6 +16,8 @@
 mod cluster;
 mod demo;
 
+mod chaos;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -644,6 +644,30 @@ impl Cluster {
         apiserver.kill();
     }
 
+    /// Send a signal to the API server: STOP and CONT pause and resume it.
+    pub fn signal_apiserver(&self, signal: &str) {
+        self.apiserver
+            .as_ref()
+            .expect("the API server is not running")
+            .signal(signal);
+    }
+
+    /// Stop etcd (SIGTERM, then SIGKILL) and wait until it is gone; its data stays.
+    pub fn stop_etcd(&mut self) {
+        let mut etcd = self.etcd.take().expect("etcd is not running");
+        etcd.signal("TERM");
+        if etcd.wait_exit(Duration::from_secs(30)).is_none() {
+            etcd.kill();
+        }
+        etcd.kill();
+    }
+
+    /// Start etcd again on its port with the same data (after `stop_etcd`).
+    pub fn restart_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "etcd is running");
+        self.start_etcd();
+    }
+
     fn start_controller_manager(&mut self) {
         let Some(binary) = self.binaries.controller_manager.clone() else {
             return;

@@ -59,6 +59,23 @@ impl Running {
 }
 
 pub fn start(double: &ApiDouble, identity: &str, rbac: RbacOptions, settings: Settings) -> Running {
+    start_timed(
+        double,
+        identity,
+        rbac,
+        settings,
+        (Duration::from_secs(30), Duration::from_secs(10)),
+    )
+}
+
+/// `start` with other Lease timings: (duration, renew grace).
+pub fn start_timed(
+    double: &ApiDouble,
+    identity: &str,
+    rbac: RbacOptions,
+    settings: Settings,
+    (lease_duration, renew_grace): (Duration, Duration),
+) -> Running {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::starting();
@@ -69,8 +86,8 @@ pub fn start(double: &ApiDouble, identity: &str, rbac: RbacOptions, settings: Se
             namespace: NS.into(),
             lease_name: rbac.lease_name.clone(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(30),
-            renew_grace: Duration::from_secs(10),
+            lease_duration,
+            renew_grace,
         },
         rbac,
         drain_timeout: Duration::from_secs(5),
