@@ -812,3 +812,52 @@ fn schema_rejects_bad_values() {
         );
     }
 }
+
+#[test]
+fn an_open_api_server_egress_is_refused_unless_asked_for_explicitly() {
+    let Some(helm) = helm() else { return };
+    let open = ["--set-json", "networkPolicy.apiServer.cidrs=[]"];
+    let out = template_output(&helm, &ci_values("default"), &open);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rendered an open egress");
+    assert!(
+        stderr.contains("networkPolicy.apiServer.allowAnyAddress=true")
+            && stderr.contains("kubectl get endpointslices")
+            && stderr.contains("443,6443"),
+        "{stderr}"
+    );
+    // Without a NetworkPolicy there is no egress to pin.
+    let off = [&open[..], &["--set", "networkPolicy.enabled=false"]].concat();
+    assert!(
+        template_output(&helm, &ci_values("default"), &off)
+            .status
+            .success()
+    );
+
+    let allowed = [
+        &open[..],
+        &["--set", "networkPolicy.apiServer.allowAnyAddress=true"],
+    ]
+    .concat();
+    let r = render(&helm, &ci_values("default"), &allowed);
+    let egress = r.one("NetworkPolicy")["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let api_server = egress
+        .iter()
+        .find(|rule| ports(rule).contains(&(6443, "TCP".to_owned())))
+        .unwrap();
+    assert!(api_server.get("to").is_none(), "any address: {api_server}");
+
+    let pinned = render(&helm, &ci_values("default"), &[]);
+    let egress = pinned.one("NetworkPolicy")["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let api_server = egress
+        .iter()
+        .find(|rule| ports(rule).contains(&(6443, "TCP".to_owned())))
+        .unwrap();
+    assert_eq!(api_server["to"][0]["ipBlock"]["cidr"], "10.0.0.10/32");
+}
