@@ -556,3 +556,22 @@ async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shu
     .await;
     standby.stop().await;
 }
+
+#[tokio::test]
+async fn a_target_not_granted_is_reported_from_the_first_reconcile() {
+    let double = restart_target_not_in_the_role();
+    let settings = Settings {
+        permitted_restarts: Some(vec![]),
+        ..Settings::default()
+    };
+    let op = start(&double, "a", options(), settings);
+    eventually("created", || secret_value(&double, "db", "value")).await;
+    // No rotation yet: nothing was owed a restart, and still the target is reported.
+    let (_, reason, message) = eventually("RestartNotPermitted", || {
+        condition(&double, "db", "RestartNotPermitted").filter(|c| c.0 == "True")
+    })
+    .await;
+    op.stop().await;
+    assert_eq!(reason, "Forbidden");
+    assert!(message.contains("Deployment/api"), "{message}");
+}
