@@ -113,70 +113,117 @@ fn options(ns: &str) -> OperatorOptions {
     options
 }
 
-/// A KeySet past its size, Delete → Retain → delete with the garbage collector, keepPrevious
-/// true → false, a name longer than a label value: every dropped field is gone, and then
-/// nothing is written.
+const NS: &str = "team-a";
+
+/// A control plane, the chart installed in `NS`, and the operator leading there (re-checks
+/// every 3 s).
+struct Env {
+    cluster: Cluster,
+    release: Release,
+    admin: Client,
+    _operator: Operator,
+}
+
+impl Env {
+    async fn start(binaries: Binaries) -> Self {
+        let cluster = Cluster::start(binaries);
+        // CRDs first: the garbage collector discovers a new resource ~30 s late.
+        cluster.install_crds();
+        let admin = cluster.admin_client().await;
+        let (release, mut operator) = release_and_operator(&cluster, NS, &[], &options(NS));
+        operator.wait_leader(WAIT);
+        Self {
+            cluster,
+            release,
+            admin,
+            _operator: operator,
+        }
+    }
+
+    async fn assert_no_secret_writes(&self, name: &str) {
+        assert_no_secret_writes(&self.cluster, &self.release, name).await;
+    }
+}
+
+/// A KeySet of size 2 holds exactly 2 keys after each rotation (the create's key `1` is owned by
+/// another field manager than the applies); its key id is keyed; a key added by hand is
+/// reported and no key is "repaired" away; then nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(bulkhead_e2e),
     ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
 )]
-async fn every_field_bulkhead_drops_is_gone_on_a_real_server() {
+async fn a_key_set_holds_size_keys_and_repair_keeps_every_key() {
     let binaries = Binaries::from_env();
-    let cluster = Cluster::start(binaries);
-    // CRDs first: the garbage collector discovers a new resource ~30 s late.
-    cluster.install_crds();
-    let ns = "team-a";
-    let admin = cluster.admin_client().await;
-    let (release, mut operator) = release_and_operator(&cluster, ns, &[], &options(ns));
-    operator.wait_leader(WAIT);
-
-    // A KeySet of size 2 holds exactly 2 keys after each rotation.
+    let env = Env::start(binaries.without_controller_manager()).await;
+    let (ns, admin) = (NS, &env.admin);
     create(
-        &admin,
+        admin,
         ns,
         &credential(ns, "keys", json!({"type": "KeySet", "keySet": {"size": 2}})),
     )
     .await;
-    wait_keys(&admin, ns, "keys", &["0", "1"]).await;
+    wait_keys(admin, ns, "keys", &["0", "1"]).await;
     for (round, stamp) in ["r1", "r2", "r3"].into_iter().enumerate() {
-        request_rotation(&admin, ns, "keys", stamp).await;
+        request_rotation(admin, ns, "keys", stamp).await;
         let primary = (round + 2).to_string();
-        wait_keys(&admin, ns, "keys", &["0", primary.as_str()]).await;
+        wait_keys(admin, ns, "keys", &["0", primary.as_str()]).await;
     }
 
-    // keepPrevious true -> false removes value.previous.
-    create(
-        &admin,
-        ns,
-        &credential(
-            ns,
-            "db",
-            json!({"type": "Random", "random": {"length": 32}, "rotation": {"every": "720h", "keepPrevious": true}}),
-        ),
-    )
+    // The key id is keyed with the Secret's own salt: not the unkeyed hash of the primary.
+    let s = secret(admin, ns, "keys").await.unwrap();
+    let salt = annotation(&s, "bulkhead.dev/key-id-salt").expect("a key-id salt");
+    let primary = data(&s, "4").unwrap();
+    let keyed = bulkhead::resources::secret::key_id(&salt, &primary);
+    assert_ne!(keyed, bulkhead::resources::secret::unkeyed_key_id(&primary));
+    eventually("status key id", WAIT, || async {
+        let c = get_credential(admin, ns, "keys").await;
+        (c.status?.key_id.as_deref() == Some(keyed.as_str())).then_some(())
+    })
     .await;
-    wait_value(&admin, ns, "db", WAIT).await;
-    request_rotation(&admin, ns, "db", "r1").await;
-    wait_keys(&admin, ns, "db", &["value", "value.previous"]).await;
-    patch_spec(
-        &admin,
-        ns,
-        "db",
-        json!({"rotation": {"keepPrevious": false}}),
-    )
-    .await;
-    wait_keys(&admin, ns, "db", &["value"]).await;
 
-    // Delete -> Retain drops the ownerReference, so the garbage collector keeps the Secret.
-    create(&admin, ns, &random_credential(ns, "kept")).await;
-    create(&admin, ns, &random_credential(ns, "gone")).await;
-    let owned = wait_value(&admin, ns, "kept", WAIT).await;
+    // A key added by hand above the primary is reported, and no key is "repaired" away.
+    let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    let by_hand = json!({"data": {"99": BASE64_STANDARD.encode(b"by hand")}});
+    secrets
+        .patch("keys", &PatchParams::default(), &Patch::Merge(&by_hand))
+        .await
+        .unwrap();
+    let (_, _, message) = wait_condition(admin, ns, "keys", "Conflict", "True").await;
+    assert!(message.contains("key 99"), "{message}");
+    let kept = secret(admin, ns, "keys").await.unwrap();
+    assert_eq!(keys(&kept), ["0", "4", "99"]);
+    assert_eq!(data(&kept, "0"), data(&s, "0"));
+    assert_eq!(data(&kept, "4"), data(&s, "4"));
+    let removed = json!({"data": {"99": null}});
+    secrets
+        .patch("keys", &PatchParams::default(), &Patch::Merge(&removed))
+        .await
+        .unwrap();
+    wait_condition(admin, ns, "keys", "Conflict", "False").await;
+    env.assert_no_secret_writes("keys").await;
+    assert_eq!(secret(admin, ns, "keys").await.unwrap().data, s.data);
+}
+
+/// Delete -> Retain removes the ownerReference (owned by the create), so deleting the
+/// Credential leaves the Secret to the garbage collector's mercy no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
+async fn delete_then_retain_keeps_the_secret_from_the_garbage_collector() {
+    let binaries = Binaries::from_env();
+    let env = Env::start(binaries).await;
+    let (ns, admin) = (NS, &env.admin);
+    create(admin, ns, &random_credential(ns, "kept")).await;
+    create(admin, ns, &random_credential(ns, "gone")).await;
+    let owned = wait_value(admin, ns, "kept", WAIT).await;
     assert!(owned.metadata.owner_references.is_some());
-    wait_value(&admin, ns, "gone", WAIT).await;
-    patch_spec(&admin, ns, "kept", json!({"deletionPolicy": "Retain"})).await;
+    wait_value(admin, ns, "gone", WAIT).await;
+    patch_spec(admin, ns, "kept", json!({"deletionPolicy": "Retain"})).await;
     let retained = eventually("no ownerReference", WAIT, || async {
-        secret(&admin, ns, "kept").await.filter(|s| {
+        secret(admin, ns, "kept").await.filter(|s| {
             s.metadata
                 .owner_references
                 .as_ref()
@@ -184,116 +231,121 @@ async fn every_field_bulkhead_drops_is_gone_on_a_real_server() {
         })
     })
     .await;
-
-    // A name longer than 63 characters: a label-safe value, and Ready.
-    let long = format!("a-credential-name-{}", "x".repeat(60));
-    create(&admin, ns, &random_credential(ns, &long)).await;
-    let s = wait_value(&admin, ns, &long, WAIT).await;
-    let label = &s.labels()["bulkhead.dev/credential"];
-    assert!(
-        label.len() <= 63 && label.starts_with("a-credential-name-"),
-        "{label}"
-    );
-    wait_condition(&admin, ns, &long, "Ready", "True").await;
-
-    assert_no_secret_writes(&cluster, &release, "keys").await;
-    assert_no_secret_writes(&cluster, &release, "db").await;
-
-    delete_credential(&admin, ns, "kept").await;
-    garbage_collected(&admin, ns, "gone").await;
-    let after = secret(&admin, ns, "kept")
+    env.assert_no_secret_writes("kept").await;
+    delete_credential(admin, ns, "kept").await;
+    garbage_collected(admin, ns, "gone").await;
+    let after = secret(admin, ns, "kept")
         .await
         .expect("the retained Secret survives");
     assert_eq!(data(&after, "value"), data(&retained, "value"));
 }
 
-/// `adopt: true` never loses data: what cannot be adopted without loss is a Conflict naming the
-/// cause, and an adopted Secret is not deleted with its Credential.
+/// keepPrevious true -> false removes value.previous; then nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(bulkhead_e2e),
     ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
 )]
-async fn adopting_never_loses_data_on_a_real_server() {
+async fn keep_previous_true_then_false_drops_the_previous_value() {
     let binaries = Binaries::from_env();
-    let cluster = Cluster::start(binaries);
-    cluster.install_crds();
-    let ns = "team-a";
-    let admin = cluster.admin_client().await;
-    let (release, mut operator) = release_and_operator(&cluster, ns, &[], &options(ns));
-    operator.wait_leader(WAIT);
-    let adopting = |name: &str, spec: serde_json::Value| {
-        let mut spec = spec;
-        spec["adopt"] = true.into();
-        credential(ns, name, spec)
-    };
-    let b64 = |bytes: &[u8]| BASE64_STANDARD.encode(bytes);
-    let random = json!({"type": "Random", "random": {"length": 32}});
+    let env = Env::start(binaries.without_controller_manager()).await;
+    let (ns, admin) = (NS, &env.admin);
+    let spec = json!({
+        "type": "Random",
+        "random": {"length": 32},
+        "rotation": {"every": "720h", "keepPrevious": true},
+    });
+    create(admin, ns, &credential(ns, "db", spec)).await;
+    wait_value(admin, ns, "db", WAIT).await;
+    request_rotation(admin, ns, "db", "r1").await;
+    wait_keys(admin, ns, "db", &["value", "value.previous"]).await;
+    patch_spec(
+        admin,
+        ns,
+        "db",
+        json!({"rotation": {"keepPrevious": false}}),
+    )
+    .await;
+    wait_keys(admin, ns, "db", &["value"]).await;
+    env.assert_no_secret_writes("db").await;
+}
 
-    // a) a value that is not text
+/// A Credential name longer than a label value (63) gets a label-safe value and is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
+async fn a_name_longer_than_a_label_value_is_served() {
+    let binaries = Binaries::from_env();
+    let env = Env::start(binaries.without_controller_manager()).await;
+    let (ns, admin) = (NS, &env.admin);
+    let long = format!("a-credential-name-{}", "x".repeat(60));
+    create(admin, ns, &random_credential(ns, &long)).await;
+    let s = wait_value(admin, ns, &long, WAIT).await;
+    let label = &s.labels()["bulkhead.dev/credential"];
+    assert!(
+        label.len() <= 63 && label.starts_with("a-credential-name-"),
+        "{label}"
+    );
+    wait_condition(admin, ns, &long, "Ready", "True").await;
+    env.assert_no_secret_writes(&long).await;
+}
+
+fn adopting(name: &str, spec: serde_json::Value) -> Credential {
+    let mut spec = spec;
+    spec["adopt"] = true.into();
+    credential(NS, name, spec)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    BASE64_STANDARD.encode(bytes)
+}
+
+/// What cannot be adopted without loss is a Conflict naming the cause, and the Secret is left
+/// untouched: a non-text value, numbered keys without key 0, another type, a Secret another
+/// Credential manages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
+async fn what_cannot_be_adopted_without_loss_is_a_conflict() {
+    let binaries = Binaries::from_env();
+    let env = Env::start(binaries.without_controller_manager()).await;
+    let (ns, admin) = (NS, &env.admin);
+    let random = json!({"type": "Random", "random": {"length": 32}});
     foreign(
-        &admin,
+        admin,
         ns,
         "binary",
         "Opaque",
         json!({"value": b64(&[0xff, 0xfe, 0x00])}),
     )
     .await;
-    // b) numbered keys without the staged key 0
     foreign(
-        &admin,
+        admin,
         ns,
         "partial",
         "Opaque",
         json!({"1": b64(b"k1"), "2": b64(b"k2")}),
     )
     .await;
-    // d) another type
-    foreign(
-        &admin,
-        ns,
-        "tls",
-        "kubernetes.io/tls",
-        json!({"tls.crt": b64(b"crt"), "tls.key": b64(b"key")}),
-    )
-    .await;
-    // e) a plain Secret that is adopted
-    foreign(
-        &admin,
-        ns,
-        "adopted",
-        "Opaque",
-        json!({"value": b64(b"theirs"), "note": b64(b"n")}),
-    )
-    .await;
-    let before: Vec<Secret> = {
-        let mut v = Vec::new();
-        for name in ["binary", "partial", "tls"] {
-            v.push(secret(&admin, ns, name).await.unwrap());
-        }
-        v
-    };
-    create(&admin, ns, &adopting("binary", random.clone())).await;
-    create(
-        &admin,
-        ns,
-        &adopting("partial", json!({"type": "KeySet", "keySet": {"size": 3}})),
-    )
-    .await;
-    create(&admin, ns, &adopting("tls", random.clone())).await;
-    create(&admin, ns, &adopting("adopted", random.clone())).await;
-    // c) a second Credential adopting a Secret another Credential manages
-    create(&admin, ns, &random_credential(ns, "first")).await;
-    let first = wait_value(&admin, ns, "first", WAIT).await;
-    create(
-        &admin,
-        ns,
-        &adopting(
-            "second",
-            json!({"type": "Random", "random": {"length": 32}, "secretName": "first"}),
-        ),
-    )
-    .await;
+    let tls = json!({"tls.crt": b64(b"crt"), "tls.key": b64(b"key")});
+    foreign(admin, ns, "tls", "kubernetes.io/tls", tls).await;
+    let mut before = Vec::new();
+    for name in ["binary", "partial", "tls"] {
+        before.push(secret(admin, ns, name).await.unwrap());
+    }
+    create(admin, ns, &adopting("binary", random.clone())).await;
+    let key_set = json!({"type": "KeySet", "keySet": {"size": 3}});
+    create(admin, ns, &adopting("partial", key_set)).await;
+    create(admin, ns, &adopting("tls", random.clone())).await;
+    create(admin, ns, &random_credential(ns, "first")).await;
+    let first = wait_value(admin, ns, "first", WAIT).await;
+    let mut second = random.clone();
+    second["secretName"] = "first".into();
+    create(admin, ns, &adopting("second", second)).await;
 
     for (name, cause) in [
         ("binary", "not UTF-8"),
@@ -301,11 +353,12 @@ async fn adopting_never_loses_data_on_a_real_server() {
         ("tls", "kubernetes.io/tls"),
         ("second", "another Credential"),
     ] {
-        let (_, _, message) = wait_condition(&admin, ns, name, "Conflict", "True").await;
+        let (_, _, message) = wait_condition(admin, ns, name, "Conflict", "True").await;
         assert!(message.contains(cause), "{name}: {message}");
     }
+    env.assert_no_secret_writes("first").await;
     for s in before {
-        let now = secret(&admin, ns, &s.name_any()).await.unwrap();
+        let now = secret(admin, ns, &s.name_any()).await.unwrap();
         assert_eq!(now.data, s.data, "{} untouched", s.name_any());
         assert_eq!(
             now.metadata.labels,
@@ -314,31 +367,45 @@ async fn adopting_never_loses_data_on_a_real_server() {
             s.name_any()
         );
     }
-    let (_, reason, _) = wait_condition(&admin, ns, "adopted", "Rotated", "True").await;
+    let still = secret(admin, ns, "first").await.unwrap();
+    assert_eq!(
+        still.data, first.data,
+        "the first Credential keeps its Secret"
+    );
+}
+
+/// An adopted Secret keeps its keys and is not deleted with its Credential (default Delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
+async fn an_adopted_secret_survives_its_credential() {
+    let binaries = Binaries::from_env();
+    let env = Env::start(binaries).await;
+    let (ns, admin) = (NS, &env.admin);
+    let data_in = json!({"value": b64(b"theirs"), "note": b64(&[0xff, 0x00])});
+    foreign(admin, ns, "adopted", "Opaque", data_in).await;
+    let random = json!({"type": "Random", "random": {"length": 32}});
+    create(admin, ns, &adopting("adopted", random)).await;
+    create(admin, ns, &random_credential(ns, "gone")).await;
+    let (_, reason, _) = wait_condition(admin, ns, "adopted", "Rotated", "True").await;
     assert_eq!(reason, "Adopted");
-    let adopted = secret(&admin, ns, "adopted").await.unwrap();
+    let adopted = secret(admin, ns, "adopted").await.unwrap();
     assert_eq!(data(&adopted, "value").as_deref(), Some("theirs"));
-    assert_eq!(data(&adopted, "note").as_deref(), Some("n"));
+    assert_eq!(adopted.data.as_ref().unwrap()["note"].0, [0xff, 0x00]);
     assert!(
         adopted.metadata.owner_references.is_none(),
         "an adopted Secret is not deleted with its Credential by default"
     );
-    assert_no_secret_writes(&cluster, &release, "first").await;
-    let still = secret(&admin, ns, "first").await.unwrap();
-    assert_eq!(
-        data(&still, "value"),
-        data(&first, "value"),
-        "the first Credential keeps its Secret"
-    );
-
-    // (The second Credential goes first: it would create Secret first again once it is gone.)
-    delete_credential(&admin, ns, "second").await;
-    delete_credential(&admin, ns, "adopted").await;
-    garbage_collected(&admin, ns, "first").await;
-    assert!(
-        secret(&admin, ns, "adopted").await.is_some(),
-        "the adopted Secret survives"
-    );
+    env.assert_no_secret_writes("adopted").await;
+    delete_credential(admin, ns, "adopted").await;
+    wait_value(admin, ns, "gone", WAIT).await;
+    garbage_collected(admin, ns, "gone").await;
+    let after = secret(admin, ns, "adopted")
+        .await
+        .expect("the adopted Secret survives");
+    assert_eq!(after.data, adopted.data);
 }
 
 /// A restart target the Role does not list is reported from the first reconcile.
@@ -349,13 +416,9 @@ async fn adopting_never_loses_data_on_a_real_server() {
 )]
 async fn an_unlisted_restart_target_is_reported_from_creation() {
     let binaries = Binaries::from_env();
-    let cluster = Cluster::start(binaries.without_controller_manager());
-    cluster.install_crds();
-    let ns = "team-a";
-    let admin = cluster.admin_client().await;
-    let (_release, mut operator) = release_and_operator(&cluster, ns, &[], &options(ns));
-    operator.wait_leader(WAIT);
-    create(&admin, ns, &deployment(ns, "api")).await;
+    let env = Env::start(binaries.without_controller_manager()).await;
+    let (ns, admin) = (NS, &env.admin);
+    create(admin, ns, &deployment(ns, "api")).await;
     create(
         &admin,
         ns,
@@ -370,15 +433,14 @@ async fn an_unlisted_restart_target_is_reported_from_creation() {
         ),
     )
     .await;
-    wait_value(&admin, ns, "db", WAIT).await;
-    let (_, reason, message) =
-        wait_condition(&admin, ns, "db", "RestartNotPermitted", "True").await;
+    wait_value(admin, ns, "db", WAIT).await;
+    let (_, reason, message) = wait_condition(admin, ns, "db", "RestartNotPermitted", "True").await;
     assert_eq!(reason, "Forbidden");
     assert!(message.contains("rbac.restartTargets"), "{message}");
-    let c = get_credential(&admin, ns, "db").await;
+    let c = get_credential(admin, ns, "db").await;
     assert!(c.status.unwrap().last_rotation_time.is_some());
     assert!(
-        template_annotations(&admin, ns, "api").await.is_empty(),
+        template_annotations(admin, ns, "api").await.is_empty(),
         "no restart tried"
     );
 }
