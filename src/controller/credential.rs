@@ -222,7 +222,7 @@ async fn plan_issued(
 ) -> std::result::Result<std::result::Result<Plan, Refusal>, ControlPlaneError> {
     let (request, change) = match issued::decide(credential, current, now) {
         Err(refusal) => return Ok(Err(refusal)),
-        Ok(Decision::Keep(plan)) => return Ok(Ok(plan)),
+        Ok(Decision::Keep(plan)) => return Ok(Ok(*plan)),
         Ok(Decision::Issue { request, change }) => (request, change),
     };
     // The link belongs to the Tenant: once it is deleted (or drops spec.controlPlane), nothing

@@ -52,7 +52,7 @@ impl std::fmt::Debug for Issued {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// The value in the Secret stays; the plan re-applies labels and journal if needed.
-    Keep(Plan),
+    Keep(Box<Plan>),
     /// Ask the control plane, then build the plan with [`plan_issued`].
     Issue { request: Request, change: Change },
 }
@@ -196,12 +196,12 @@ pub fn decide(
         .filter(|(k, _)| secret::is_managed_key(spec.type_, k))
         .collect();
     kept.retain(|_, v| !v.is_empty());
-    Ok(Decision::Keep(Plan {
+    Ok(Decision::Keep(Box::new(Plan {
         data: kept,
         journal,
         change: None,
         next_rotation: Some(next),
-    }))
+    })))
 }
 
 /// The plan for a freshly issued value.

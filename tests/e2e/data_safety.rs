@@ -420,7 +420,7 @@ async fn an_unlisted_restart_target_is_reported_from_creation() {
     let (ns, admin) = (NS, &env.admin);
     create(admin, ns, &deployment(ns, "api")).await;
     create(
-        &admin,
+        admin,
         ns,
         &credential(
             ns,
