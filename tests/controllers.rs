@@ -2,8 +2,9 @@
 //! leader election, both controllers) runs as in production, with exactly the Role
 //! `bulkhead rbac` prints, and every request it makes is recorded.
 //!
-//! What the double cannot prove (real SSA ownership, admission/CEL, garbage collection,
-//! RBAC as the API server evaluates it) is for the env-gated end-to-end suite.
+//! What the double cannot prove (SSA ownership beyond the Secret fields Bulkhead writes,
+//! admission/CEL, garbage collection, RBAC as the API server evaluates it) is for the
+//! env-gated end-to-end suite. Data-safety scenarios are in `tests/data_safety.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
