@@ -2,8 +2,9 @@
 //! leader election, both controllers) runs as in production, with exactly the Role
 //! `bulkhead rbac` prints, and every request it makes is recorded.
 //!
-//! What the double cannot prove (real SSA ownership, admission/CEL, garbage collection,
-//! RBAC as the API server evaluates it) is for the env-gated end-to-end suite.
+//! What the double cannot prove (SSA ownership beyond the Secret fields Bulkhead writes,
+//! admission/CEL, garbage collection, RBAC as the API server evaluates it) is for the
+//! env-gated end-to-end suite. Data-safety scenarios are in `tests/data_safety.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -796,4 +797,23 @@ async fn the_tenants_counts_are_written_at_most_once_a_second() {
         "{writes} status writes in {seconds} s of burst"
     );
     op.stop().await;
+}
+
+#[tokio::test]
+async fn a_target_not_granted_is_reported_from_the_first_reconcile() {
+    let double = restart_target_not_in_the_role();
+    let settings = Settings {
+        permitted_restarts: Some(vec![]),
+        ..Settings::default()
+    };
+    let op = start(&double, "a", options(), settings);
+    eventually("created", || secret_value(&double, "db", "value")).await;
+    // No rotation yet: nothing was owed a restart, and still the target is reported.
+    let (_, reason, message) = eventually("RestartNotPermitted", || {
+        condition(&double, "db", "RestartNotPermitted").filter(|c| c.0 == "True")
+    })
+    .await;
+    op.stop().await;
+    assert_eq!(reason, "Forbidden");
+    assert!(message.contains("Deployment/api"), "{message}");
 }

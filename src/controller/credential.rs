@@ -21,7 +21,7 @@ use super::restart::{self, RestartOutcome};
 use super::{Context, FIELD_MANAGER, instrumented};
 use crate::api::TENANT_NAME;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, Transition};
-use crate::api::credential::{Credential, CredentialStatus, condition};
+use crate::api::credential::{Credential, CredentialStatus, CredentialType, condition};
 use crate::controlplane::client::ControlPlaneError;
 use crate::error::forbidden_as;
 use crate::resources::issued::{self, Decision};
@@ -66,11 +66,14 @@ pub fn requeue_after(
 async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Result<Action> {
     let name = credential.secret_name();
     let secrets = ctx.api::<Secret>();
-    let current = secrets
-        .get_opt(&name)
-        .await
-        .map_err(|e| forbidden_as(e, format!("get secrets/{name}"), SECRETS_RULE, SECRETS_FIX))?;
     let now = Timestamp::now();
+    let current = match secrets.get_opt(&name).await {
+        Ok(current) => current,
+        Err(e) => {
+            let err = forbidden_as(e, format!("get secrets/{name}"), SECRETS_RULE, SECRETS_FIX);
+            return Err(report_forbidden(&ctx, &credential, err, now).await);
+        }
+    };
     let recheck = ctx.settings.drift_check;
 
     let planned = if credential.spec.type_.is_issued() {
@@ -110,9 +113,10 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
     let desired = secret::desired_secret(&credential, &plan);
     let mut stored = current.clone();
     if secret::differs(credential.spec.type_, current.as_ref(), &desired) {
-        match write_secret(&ctx, current.as_ref(), desired).await {
+        match write_secret(&ctx, credential.spec.type_, current.as_ref(), desired).await {
             Ok(written) => stored = Some(written),
             Err(err) => {
+                let err = report_forbidden(&ctx, &credential, err, now).await;
                 if plan.change.is_some_and(Change::is_rotation) {
                     ctx.publish(
                         credential.as_ref(),
@@ -218,7 +222,7 @@ async fn plan_issued(
 ) -> std::result::Result<std::result::Result<Plan, Refusal>, ControlPlaneError> {
     let (request, change) = match issued::decide(credential, current, now) {
         Err(refusal) => return Ok(Err(refusal)),
-        Ok(Decision::Keep(plan)) => return Ok(Ok(plan)),
+        Ok(Decision::Keep(plan)) => return Ok(Ok(*plan)),
         Ok(Decision::Issue { request, change }) => (request, change),
     };
     // The link belongs to the Tenant: once it is deleted (or drops spec.controlPlane), nothing
@@ -312,16 +316,81 @@ fn refusal_conditions(
     })
 }
 
+/// A 403 on a Secret call becomes the Ready condition naming the missing rule and how to
+/// grant it (SPEC §5); the error is returned for the backoff either way.
+async fn report_forbidden(
+    ctx: &Context,
+    credential: &Credential,
+    err: Error,
+    now: Timestamp,
+) -> Error {
+    if let Error::Forbidden {
+        action, rule, fix, ..
+    } = &err
+    {
+        let conds = vec![DesiredCondition::new(
+            condition::READY,
+            ConditionStatus::False,
+            "Forbidden",
+            format!(
+                "the Role does not allow {action}: it needs the rule {rule}; grant it with {fix}"
+            ),
+        )];
+        if let Err(status_err) = report(ctx, credential, conds, None, now).await {
+            tracing::warn!(error = %status_err, "could not report the missing permission");
+        }
+    }
+    err
+}
+
 /// Create the Secret (POST: fails if someone created one meanwhile, so a foreign Secret is
-/// never overwritten) or apply it guarded by the resourceVersion we planned from.
+/// never overwritten) or apply it guarded by the resourceVersion we planned from; then remove,
+/// guarded by the resourceVersion just written, what the apply could not remove because
+/// another field manager owns it too (see `secret::removal_patch`): every field Bulkhead stops
+/// writing is really gone.
 async fn write_secret(
+    ctx: &Context,
+    type_: CredentialType,
+    current: Option<&Secret>,
+    desired: Secret,
+) -> Result<Secret> {
+    let name = desired.name_any();
+    let forbidden = |e| {
+        forbidden_as(
+            e,
+            format!("write secrets/{name}"),
+            SECRETS_RULE,
+            SECRETS_FIX,
+        )
+    };
+    let written = apply_secret(ctx, current, desired.clone())
+        .await
+        .map_err(forbidden)?;
+    match secret::removal_patch(type_, &written, &desired) {
+        None => Ok(written),
+        Some(patch) => ctx
+            .api::<Secret>()
+            .patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(forbidden),
+    }
+}
+
+async fn apply_secret(
     ctx: &Context,
     current: Option<&Secret>,
     mut desired: Secret,
-) -> Result<Secret> {
+) -> kube::Result<Secret> {
     let name = desired.name_any();
     let api = ctx.api::<Secret>();
-    let written = match current {
+    match current {
         None => {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -340,15 +409,7 @@ async fn write_secret(
             )
             .await
         }
-    };
-    written.map_err(|e| {
-        forbidden_as(
-            e,
-            format!("write secrets/{name}"),
-            SECRETS_RULE,
-            SECRETS_FIX,
-        )
-    })
+    }
 }
 
 /// Restart the targets if a rotation has not been followed by one yet (journalled in the
@@ -373,7 +434,19 @@ async fn restart_if_owed(
     }
     let key = plan.journal.key_id.clone().unwrap_or_default();
     if plan.journal.restarted_for.as_deref() == Some(key.as_str()) {
-        return Ok(permitted("every target runs with the current value"));
+        // Nothing to restart now; a target the Role does not list is reported from the first
+        // reconcile, not only after the first rotation.
+        let not_permitted = restart::not_permitted(ctx, targets);
+        return Ok(if not_permitted.is_empty() {
+            permitted("every target runs with the current value")
+        } else {
+            DesiredCondition::new(
+                condition::RESTART_NOT_PERMITTED,
+                ConditionStatus::True,
+                "Forbidden",
+                restart::forbidden_message(&not_permitted),
+            )
+        });
     }
     let outcome: RestartOutcome = restart::restart_targets(ctx, targets, &key).await;
     for missing in &outcome.missing {
@@ -392,7 +465,7 @@ async fn restart_if_owed(
     if outcome.settled() {
         plan.journal.restarted_for = Some(key);
         let desired = secret::desired_secret(credential, plan);
-        write_secret(ctx, stored, desired).await?;
+        write_secret(ctx, credential.spec.type_, stored, desired).await?;
     }
     if outcome.forbidden.is_empty() {
         if let Some((target, err)) = outcome.failed.first() {

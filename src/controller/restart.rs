@@ -45,6 +45,28 @@ pub fn forbidden_message(forbidden: &[RestartTarget]) -> String {
     )
 }
 
+/// Whether `--restart-target` (the list the Role was rendered from) grants this target; without
+/// the flag it is unknown, and the API answers.
+fn permitted(ctx: &Context, target: &RestartTarget) -> bool {
+    ctx.settings
+        .permitted_restarts
+        .as_ref()
+        .is_none_or(|granted| {
+            granted
+                .iter()
+                .any(|(kind, name)| *kind == target.kind && *name == target.name)
+        })
+}
+
+/// The targets `--restart-target` does not grant.
+pub fn not_permitted(ctx: &Context, targets: &[RestartTarget]) -> Vec<RestartTarget> {
+    targets
+        .iter()
+        .filter(|t| !permitted(ctx, t))
+        .cloned()
+        .collect()
+}
+
 /// Patch every target with `restarted-at = stamp`.
 pub async fn restart_targets(
     ctx: &Context,
@@ -59,16 +81,7 @@ pub async fn restart_targets(
     };
     let mut outcome = RestartOutcome::default();
     for target in targets {
-        let permitted = ctx
-            .settings
-            .permitted_restarts
-            .as_ref()
-            .is_none_or(|granted| {
-                granted
-                    .iter()
-                    .any(|(kind, name)| *kind == target.kind && *name == target.name)
-            });
-        if !permitted {
+        if !permitted(ctx, target) {
             // The Role is built from the same list: the request could only be refused.
             outcome.forbidden.push(target.clone());
             continue;

@@ -52,7 +52,7 @@ impl std::fmt::Debug for Issued {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// The value in the Secret stays; the plan re-applies labels and journal if needed.
-    Keep(Plan),
+    Keep(Box<Plan>),
     /// Ask the control plane, then build the plan with [`plan_issued`].
     Issue { request: Request, change: Change },
 }
@@ -125,6 +125,9 @@ pub fn decide(
 ) -> Result<Decision, Refusal> {
     let spec = &credential.spec;
     let owned = secret::ownership(credential, secret);
+    if let (Ownership::OtherCredential, Some(s)) = (owned, secret) {
+        return Err(secret::other_credential_conflict(credential, s));
+    }
     if owned == Ownership::Foreign && !spec.adopt {
         return Err(Refusal::Conflict(format!(
             "Secret {} exists and is not managed by Bulkhead; it was left untouched. Set spec.adopt: true to take it over (its other keys are kept), or choose another spec.secretName",
@@ -156,7 +159,9 @@ pub fn decide(
     };
     let (journal, secret) = match (owned, secret) {
         (Ownership::Missing, _) | (_, None) => return issue(Change::Created),
-        (Ownership::Foreign, Some(_)) => return issue(Change::Adopted),
+        (Ownership::Foreign | Ownership::OtherCredential, Some(_)) => {
+            return issue(Change::Adopted);
+        }
         (Ownership::Managed, Some(s)) => (Journal::read(s), s),
     };
     secret::check_same_type(credential, &journal)?;
@@ -169,7 +174,7 @@ pub fn decide(
     else {
         return issue(Change::Repaired);
     };
-    if journal.key_id.as_deref() != Some(secret::key_id(value).as_str()) {
+    if journal.key_id.as_deref() != Some(secret::unkeyed_key_id(value).as_str()) {
         return issue(Change::Repaired);
     }
     if journal.generator.as_deref() != Some(generator.as_str()) {
@@ -191,12 +196,12 @@ pub fn decide(
         .filter(|(k, _)| secret::is_managed_key(spec.type_, k))
         .collect();
     kept.retain(|_, v| !v.is_empty());
-    Ok(Decision::Keep(Plan {
+    Ok(Decision::Keep(Box::new(Plan {
         data: kept,
         journal,
         change: None,
         next_rotation: Some(next),
-    }))
+    })))
 }
 
 /// The plan for a freshly issued value.
@@ -215,7 +220,7 @@ pub fn plan_issued(
     let key = issued
         .data
         .get(value_key(credential.spec.type_))
-        .map(|v| secret::key_id(v))
+        .map(|v| secret::unkeyed_key_id(v))
         .unwrap_or_default();
     let request_annotation = credential.annotations().get(ROTATE_REQUESTED_AT).cloned();
     let restarted_for = match change {
@@ -249,6 +254,13 @@ pub fn plan_issued(
             handled_request: request_annotation.or(previous.handled_request),
             restarted_for,
             expires_at: Some(issued.expires_at),
+            // Issued values are random tokens from the control plane: an unkeyed id reveals
+            // nothing a guess could confirm.
+            key_id_salt: None,
+            adopted_at: match change {
+                Change::Adopted => Some(now),
+                _ => previous.adopted_at,
+            },
         },
         change: Some(change),
         next_rotation: Some(next),

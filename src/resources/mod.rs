@@ -27,3 +27,10 @@ pub const EXPIRES_AT: &str = "bulkhead.dev/expires-at";
 pub const RESTARTED_FOR: &str = "bulkhead.dev/restarted-for";
 /// Pod-template annotation that restarts a workload after a rotation.
 pub const RESTARTED_AT: &str = "bulkhead.dev/restarted-at";
+/// Journal: the random salt of the keyed key id (HMAC-SHA-256), per Secret.
+pub const KEY_ID_SALT: &str = "bulkhead.dev/key-id-salt";
+/// Journal: when an existing Secret was adopted (it existed before Bulkhead).
+pub const ADOPTED_AT: &str = "bulkhead.dev/adopted-at";
+/// Credential annotation: `"true"` lets `deletionPolicy: Delete` delete an adopted Secret with
+/// its Credential (without it an adopted Secret is never deleted with its Credential).
+pub const DELETE_ADOPTED: &str = "bulkhead.dev/delete-adopted-secret";

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, KeyInit, Mac};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,10 +18,12 @@ use super::keyset::{self, KeySet};
 use super::random::{self, Entropy};
 use super::schedule;
 use super::{
-    CREDENTIAL_LABEL, EXPIRES_AT, GENERATOR, HANDLED_REQUEST, KEY_ID, MANAGED_BY, MANAGED_BY_LABEL,
-    RESTARTED_FOR, ROTATED_AT,
+    ADOPTED_AT, CREDENTIAL_LABEL, DELETE_ADOPTED, EXPIRES_AT, GENERATOR, HANDLED_REQUEST, KEY_ID,
+    KEY_ID_SALT, MANAGED_BY, MANAGED_BY_LABEL, RESTARTED_FOR, ROTATED_AT,
 };
-use crate::api::credential::{Credential, CredentialType, DeletionPolicy, ROTATE_REQUESTED_AT};
+use crate::api::credential::{
+    Alphabet, Credential, CredentialType, DeletionPolicy, ROTATE_REQUESTED_AT,
+};
 
 /// Data key of a Random credential's value.
 pub const VALUE: &str = "value";
@@ -32,7 +35,25 @@ pub const VALUE_PREVIOUS: &str = "value.previous";
 pub enum Ownership {
     Missing,
     Managed,
+    /// Managed by Bulkhead for another Credential: never taken over, adopt or not.
+    OtherCredential,
     Foreign,
+}
+
+/// The longest label value the API server accepts.
+const LABEL_VALUE_MAX: usize = 63;
+
+/// The `bulkhead.dev/credential` label value of a Credential: its name, or for a name longer
+/// than a label value may be, a prefix and a hash of the whole name (still unique).
+pub fn credential_label(name: &str) -> String {
+    if name.len() <= LABEL_VALUE_MAX {
+        return name.to_owned();
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    // Names are DNS subdomains (ASCII), so any byte index is a character boundary.
+    let keep = LABEL_VALUE_MAX - hash.len() - 1;
+    format!("{}-{hash}", &name[..keep])
 }
 
 /// Whether the Secret is this Credential's.
@@ -41,13 +62,67 @@ pub fn ownership(credential: &Credential, secret: Option<&Secret>) -> Ownership 
         return Ownership::Missing;
     };
     let labels = secret.labels();
-    let managed = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(CREDENTIAL_LABEL).map(String::as_str) == Some(credential.name_any().as_str());
-    if managed {
-        Ownership::Managed
-    } else {
-        Ownership::Foreign
+    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+        return Ownership::Foreign;
     }
+    match labels.get(CREDENTIAL_LABEL) {
+        Some(label) if *label == credential_label(&credential.name_any()) => Ownership::Managed,
+        Some(_) => Ownership::OtherCredential,
+        None => Ownership::Foreign,
+    }
+}
+
+/// The refusal for a Secret that another Credential manages.
+pub fn other_credential_conflict(credential: &Credential, secret: &Secret) -> Refusal {
+    let other = secret
+        .labels()
+        .get(CREDENTIAL_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    Refusal::Conflict(format!(
+        "Secret {} is managed by Bulkhead for another Credential ({CREDENTIAL_LABEL}={other}); a Secret belongs to one Credential, adopt or not, and it was left untouched. Choose another spec.secretName; if Credential {other} no longer exists, remove the label {CREDENTIAL_LABEL} from the Secret and set spec.adopt: true",
+        credential.secret_name()
+    ))
+}
+
+/// What cannot be adopted without loss (SPEC §4): a Secret of another type (a type cannot
+/// change), a non-text value under a key the Credential manages as text, a key repository
+/// without its staged key 0 or its primary.
+pub fn check_adoptable(credential: &Credential, secret: &Secret) -> Result<(), Refusal> {
+    let name = credential.secret_name();
+    let type_ = credential.spec.type_;
+    let wanted = secret_type(type_);
+    let existing = secret.type_.as_deref().unwrap_or("Opaque");
+    if existing != wanted {
+        return Err(Refusal::Conflict(format!(
+            "Secret {name} has type {existing}, and a {} Credential needs type {wanted}; a Secret's type cannot change, so it cannot be adopted and was left untouched. Choose another spec.secretName, or move the data to a Secret of type {wanted}",
+            type_.as_str()
+        )));
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    let binary: Vec<&str> = data
+        .iter()
+        .filter(|(k, v)| is_managed_key(type_, k) && std::str::from_utf8(&v.0).is_err())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !binary.is_empty() {
+        return Err(Refusal::Conflict(format!(
+            "Secret {name}: key {} is not UTF-8 text, and a {} Credential manages that key as text; adopting would replace it, so the Secret was left untouched. Move the value to another key or Secret, or choose another spec.secretName",
+            binary.join(", "),
+            type_.as_str()
+        )));
+    }
+    if type_ == CredentialType::KeySet {
+        let keys = keyset::from_data(&string_data(Some(secret)));
+        if !keys.is_empty() && (!keys.contains_key(&0) || keyset::primary(&keys).is_none()) {
+            let indices: Vec<String> = keys.keys().map(u32::to_string).collect();
+            return Err(Refusal::Conflict(format!(
+                "Secret {name} holds numbered keys {} but not a complete key repository (key 0 staged and a primary above it); adopting would overwrite a key, so the Secret was left untouched. Add the missing key, or choose another spec.secretName",
+                indices.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The rotation journal kept in the Secret's annotations.
@@ -60,6 +135,11 @@ pub struct Journal {
     pub restarted_for: Option<String>,
     /// Issued credentials only: when the issued value expires.
     pub expires_at: Option<Timestamp>,
+    /// The random salt of the keyed key id (absent in Secrets written before key ids were
+    /// keyed, whose key id is an unkeyed hash).
+    pub key_id_salt: Option<String>,
+    /// When the Secret was adopted: it existed before Bulkhead.
+    pub adopted_at: Option<Timestamp>,
 }
 
 impl Journal {
@@ -72,7 +152,18 @@ impl Journal {
             handled_request: a.get(HANDLED_REQUEST).cloned(),
             restarted_for: a.get(RESTARTED_FOR).cloned(),
             expires_at: a.get(EXPIRES_AT).and_then(|t| t.parse().ok()),
+            key_id_salt: a.get(KEY_ID_SALT).cloned(),
+            adopted_at: a.get(ADOPTED_AT).and_then(|t| t.parse().ok()),
         }
+    }
+
+    /// Whether the journal's key id is the id of `value`.
+    pub fn identifies(&self, value: &str) -> bool {
+        let id = match &self.key_id_salt {
+            Some(salt) => key_id(salt, value),
+            None => unkeyed_key_id(value),
+        };
+        self.key_id.as_deref() == Some(id.as_str())
     }
 
     fn annotations(&self) -> BTreeMap<String, String> {
@@ -88,6 +179,8 @@ impl Journal {
         put(HANDLED_REQUEST, &self.handled_request);
         put(RESTARTED_FOR, &self.restarted_for);
         put(EXPIRES_AT, &self.expires_at.map(|t| t.to_string()));
+        put(KEY_ID_SALT, &self.key_id_salt);
+        put(ADOPTED_AT, &self.adopted_at.map(|t| t.to_string()));
         a
     }
 }
@@ -200,10 +293,29 @@ pub struct Plan {
     pub next_rotation: Option<Timestamp>,
 }
 
-/// A short identifier of a value: the first 16 hex digits of its SHA-256.
-pub fn key_id(value: &str) -> String {
+/// A short identifier of a value: the first 16 hex digits of HMAC-SHA-256 keyed with the
+/// Secret's random salt. The id is shown in status and Events, which more people may read than
+/// the Secret: without the salt (kept in the Secret) a guess of the value cannot be checked.
+pub fn key_id(salt: &str, value: &str) -> String {
+    // HMAC accepts a key of any length: this cannot fail.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(salt.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(value.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The unkeyed id (the first 16 hex digits of SHA-256): issued values (random tokens, not
+/// guessable), and the journal of Secrets written before key ids were keyed.
+pub fn unkeyed_key_id(value: &str) -> String {
     let digest = Sha256::digest(value.as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random salt for the keyed key id.
+fn new_salt(entropy: &mut dyn Entropy) -> Result<String, Refusal> {
+    random::random_string(entropy, 32, Alphabet::Hex).map_err(entropy_err)
 }
 
 pub(crate) fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
@@ -232,11 +344,18 @@ pub fn plan(
 ) -> Result<Plan, Refusal> {
     let spec = &credential.spec;
     let owned = ownership(credential, secret);
-    if owned == Ownership::Foreign && !spec.adopt {
-        return Err(Refusal::Conflict(format!(
-            "Secret {} exists and is not managed by Bulkhead; it was left untouched. Set spec.adopt: true to take it over (its data is kept), or choose another spec.secretName",
-            credential.secret_name()
-        )));
+    if let Some(s) = secret {
+        match owned {
+            Ownership::OtherCredential => return Err(other_credential_conflict(credential, s)),
+            Ownership::Foreign if !spec.adopt => {
+                return Err(Refusal::Conflict(format!(
+                    "Secret {} exists and is not managed by Bulkhead; it was left untouched. Set spec.adopt: true to take it over (its data is kept), or choose another spec.secretName",
+                    credential.secret_name()
+                )));
+            }
+            Ownership::Foreign => check_adoptable(credential, s)?,
+            Ownership::Missing | Ownership::Managed => {}
+        }
     }
     let policy = spec
         .rotation
@@ -250,6 +369,10 @@ pub fn plan(
         _ => Journal::default(),
     };
     check_same_type(credential, &journal)?;
+    let salt = match &journal.key_id_salt {
+        Some(salt) => salt.clone(),
+        None => new_salt(entropy)?,
+    };
     let current = string_data(secret);
     let request = credential.annotations().get(ROTATE_REQUESTED_AT).cloned();
     let requested =
@@ -258,6 +381,9 @@ pub fn plan(
         (Some(p), Some(last)) => schedule::next_after(p, last).is_some_and(|next| now >= next),
         _ => false,
     };
+    // An adopted Secret's keys stay as they were until its first rotation.
+    let untouched_since_adoption =
+        journal.adopted_at.is_some() && journal.adopted_at == journal.rotated_at;
 
     let (data, key, generator, change) = match spec.type_ {
         CredentialType::Random => {
@@ -273,12 +399,10 @@ pub fn plan(
             let existing = current.get(VALUE).cloned();
             let change = match owned {
                 Ownership::Missing => Some(Change::Created),
-                Ownership::Foreign => Some(Change::Adopted),
+                Ownership::Foreign | Ownership::OtherCredential => Some(Change::Adopted),
                 Ownership::Managed => match &existing {
                     None => Some(Change::Repaired),
-                    Some(v) if journal.key_id.as_deref() != Some(key_id(v).as_str()) => {
-                        Some(Change::Repaired)
-                    }
+                    Some(v) if !journal.identifies(v) => Some(Change::Repaired),
                     Some(_) if journal.generator.as_deref() != Some(generator.as_str()) => {
                         Some(Change::SpecChanged)
                     }
@@ -296,10 +420,14 @@ pub fn plan(
                 Some(c) if c.is_rotation() => existing.clone(),
                 _ => current.get(VALUE_PREVIOUS).cloned(),
             };
-            if keep_previous && let Some(p) = previous.filter(|p| *p != value) {
+            let adopted_previous =
+                change == Some(Change::Adopted) || (change.is_none() && untouched_since_adoption);
+            if let Some(p) = previous.filter(|p| *p != value || adopted_previous)
+                && (keep_previous || adopted_previous)
+            {
                 data.insert(VALUE_PREVIOUS.to_owned(), p);
             }
-            let id = key_id(&value);
+            let id = key_id(&salt, &value);
             data.insert(VALUE.to_owned(), value);
             (data, id, generator, change)
         }
@@ -320,51 +448,35 @@ pub fn plan(
                     String::new()
                 }
             };
-            let primary_id = |keys: &KeySet| {
-                keyset::primary(keys)
-                    .and_then(|i| keys.get(&i))
-                    .map(|k| key_id(k))
-            };
             let (keys, change) = match owned {
                 Ownership::Missing => (keyset::initial(&mut new_key), Some(Change::Created)),
-                Ownership::Foreign
-                    if existing.contains_key(&0) && keyset::primary(&existing).is_some() =>
-                {
+                // check_adoptable let through only a complete repository or none at all.
+                Ownership::Foreign | Ownership::OtherCredential if existing.is_empty() => {
+                    (keyset::initial(&mut new_key), Some(Change::Adopted))
+                }
+                Ownership::Foreign | Ownership::OtherCredential => {
                     (existing, Some(Change::Adopted))
                 }
-                Ownership::Foreign => (keyset::initial(&mut new_key), Some(Change::Adopted)),
-                Ownership::Managed => {
-                    if existing.is_empty() {
-                        (keyset::initial(&mut new_key), Some(Change::Repaired))
-                    } else if !existing.contains_key(&0)
-                        || keyset::primary(&existing).is_none()
-                        || journal.key_id != primary_id(&existing)
-                    {
-                        (
-                            keyset::rotate(&existing, size, &mut new_key),
-                            Some(Change::Repaired),
-                        )
-                    } else if requested {
-                        (
-                            keyset::rotate(&existing, size, &mut new_key),
-                            Some(Change::Requested),
-                        )
-                    } else if due(journal.rotated_at) {
-                        (
-                            keyset::rotate(&existing, size, &mut new_key),
-                            Some(Change::Scheduled),
-                        )
-                    } else {
-                        (existing, None)
-                    }
-                }
+                Ownership::Managed => plan_managed_key_set(
+                    credential,
+                    &journal,
+                    existing,
+                    requested,
+                    due(journal.rotated_at),
+                    &mut new_key,
+                )?,
             };
             if let Some(e) = failure {
                 return Err(entropy_err(e));
             }
-            // A smaller size trims the oldest secondaries without a rotation.
+            // A smaller size trims the oldest secondaries, at a rotation: never a key that
+            // was just adopted or a repair.
             let mut keys = keys;
-            while keys.len() > size {
+            let trims = matches!(
+                change,
+                Some(Change::Scheduled | Change::Requested | Change::SpecChanged)
+            );
+            while trims && keys.len() > size {
                 match keys
                     .keys()
                     .copied()
@@ -376,7 +488,10 @@ pub fn plan(
                     None => break,
                 }
             }
-            let id = primary_id(&keys).unwrap_or_default();
+            let id = keyset::primary(&keys)
+                .and_then(|i| keys.get(&i))
+                .map(|k| key_id(&salt, k))
+                .unwrap_or_default();
             let data = keys.into_iter().map(|(i, k)| (i.to_string(), k)).collect();
             (data, id, generator, change)
         }
@@ -400,7 +515,15 @@ pub fn plan(
     let restarted_for = match change {
         // Nothing ran with a value that did not exist before: no restart owed.
         Some(Change::Created | Change::Adopted) => Some(key.clone()),
+        // Re-keyed (salt added): the same value under its new id.
+        None if journal.key_id_salt.is_none() && journal.restarted_for == journal.key_id => {
+            Some(key.clone())
+        }
         _ => journal.restarted_for.clone(),
+    };
+    let adopted_at = match change {
+        Some(Change::Adopted) => Some(now),
+        _ => journal.adopted_at,
     };
     Ok(Plan {
         data,
@@ -411,22 +534,91 @@ pub fn plan(
             handled_request,
             restarted_for,
             expires_at: None,
+            key_id_salt: Some(salt),
+            adopted_at,
         },
         change,
         next_rotation,
     })
 }
 
+/// A managed key repository: keep it, rotate it, or repair it without dropping a key Bulkhead
+/// wrote. The journal's key id names the primary Bulkhead wrote; a numbered key above it was
+/// not written by Bulkhead and is reported, never "repaired" away.
+fn plan_managed_key_set(
+    credential: &Credential,
+    journal: &Journal,
+    existing: KeySet,
+    requested: bool,
+    due: bool,
+    mut new_key: impl FnMut() -> String,
+) -> Result<(KeySet, Option<Change>), Refusal> {
+    let size = usize::from(credential.spec.key_set.clone().unwrap_or_default().size);
+    let primary = existing
+        .iter()
+        .filter(|(i, _)| **i != 0)
+        .find(|(_, k)| journal.identifies(k))
+        .map(|(i, _)| *i);
+    if let Some(primary) = primary {
+        let unknown: Vec<String> = existing
+            .keys()
+            .filter(|i| **i > primary)
+            .map(u32::to_string)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Refusal::Conflict(format!(
+                "Secret {}: key {} was not written by Bulkhead (the primary it wrote is key {primary}); it was left untouched, and the key set is not rotated while it is there. Remove the key, or move it to another Secret",
+                credential.secret_name(),
+                unknown.join(", ")
+            )));
+        }
+    }
+    Ok(match primary {
+        _ if existing.is_empty() => (keyset::initial(&mut new_key), Some(Change::Repaired)),
+        // The primary Bulkhead wrote was changed or removed: promote the staged key to a new
+        // primary; every other key stays.
+        None => (
+            keyset::rotate(&existing, existing.len() + 1, &mut new_key),
+            Some(Change::Repaired),
+        ),
+        Some(_) if !existing.contains_key(&0) => {
+            let mut keys = existing;
+            keys.insert(0, new_key());
+            (keys, Some(Change::Repaired))
+        }
+        Some(_) if requested => (
+            keyset::rotate(&existing, size, &mut new_key),
+            Some(Change::Requested),
+        ),
+        Some(_) if due => (
+            keyset::rotate(&existing, size, &mut new_key),
+            Some(Change::Scheduled),
+        ),
+        Some(_) => (existing, None),
+    })
+}
+
 /// The Secret to apply for a plan: labels, journal annotations, owner reference (Delete
-/// policy only: Retain keeps the Secret when the Credential goes), data.
+/// policy only: Retain keeps the Secret when the Credential goes; an adopted Secret existed
+/// before Bulkhead, so it is deleted with its Credential only if the Credential says so
+/// explicitly with the annotation `bulkhead.dev/delete-adopted-secret: "true"`), data.
 pub fn desired_secret(credential: &Credential, plan: &Plan) -> Secret {
-    let owner = match credential.spec.deletion_policy {
+    let deletes_adopted = credential
+        .annotations()
+        .get(DELETE_ADOPTED)
+        .map(String::as_str)
+        == Some("true");
+    let deletes = match credential.spec.deletion_policy {
+        DeletionPolicy::Delete => plan.journal.adopted_at.is_none() || deletes_adopted,
+        DeletionPolicy::Retain => false,
+    };
+    let owner = match deletes {
         // blockOwnerDeletion: a foreground deletion of the Credential waits for the Secret.
-        DeletionPolicy::Delete => credential.controller_owner_ref(&()).map(|mut o| {
+        true => credential.controller_owner_ref(&()).map(|mut o| {
             o.block_owner_deletion = Some(true);
             vec![o]
         }),
-        DeletionPolicy::Retain => None,
+        false => None,
     };
     Secret {
         metadata: ObjectMeta {
@@ -435,7 +627,10 @@ pub fn desired_secret(credential: &Credential, plan: &Plan) -> Secret {
             labels: Some(
                 [
                     (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-                    (CREDENTIAL_LABEL.to_owned(), credential.name_any()),
+                    (
+                        CREDENTIAL_LABEL.to_owned(),
+                        credential_label(&credential.name_any()),
+                    ),
                 ]
                 .into_iter()
                 .collect(),
@@ -486,6 +681,79 @@ pub fn differs(type_: CredentialType, current: Option<&Secret>, desired: &Secret
         || !subset(&desired.metadata.annotations, &current.metadata.annotations)
         || ours_owner(current) != ours_owner(desired)
         || managed_keys(current) != managed_keys(desired)
+}
+
+/// The journal annotations Bulkhead writes (and so removes when it stops writing them).
+const JOURNAL_ANNOTATIONS: [&str; 8] = [
+    ROTATED_AT,
+    KEY_ID,
+    GENERATOR,
+    HANDLED_REQUEST,
+    RESTARTED_FOR,
+    EXPIRES_AT,
+    KEY_ID_SALT,
+    ADOPTED_AT,
+];
+
+/// A merge patch removing what Bulkhead stopped writing but an apply could not remove, because
+/// another field manager still owns it too: the create (a `POST` is manager `bulkhead`,
+/// operation `Update`, not the applier), an earlier version of Bulkhead, or an adopted Secret's
+/// previous owner. Guarded by the resourceVersion of `current` (the object as just written),
+/// so a concurrent change is never overwritten. `None` when nothing is left over.
+pub fn removal_patch(
+    type_: CredentialType,
+    current: &Secret,
+    desired: &Secret,
+) -> Option<serde_json::Value> {
+    let mut data = serde_json::Map::new();
+    let wanted_data = desired.data.clone().unwrap_or_default();
+    for key in current.data.iter().flatten().map(|(k, _)| k) {
+        if is_managed_key(type_, key) && !wanted_data.contains_key(key) {
+            data.insert(key.clone(), serde_json::Value::Null);
+        }
+    }
+    let mut annotations = serde_json::Map::new();
+    let wanted_annotations = desired.metadata.annotations.clone().unwrap_or_default();
+    for key in current.annotations().keys() {
+        if JOURNAL_ANNOTATIONS.contains(&key.as_str()) && !wanted_annotations.contains_key(key) {
+            annotations.insert(key.clone(), serde_json::Value::Null);
+        }
+    }
+    let wanted_owners = desired
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    let owners = current
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    let kept: Vec<_> = owners
+        .iter()
+        .filter(|o| o.kind != Credential::kind(&()) || wanted_owners.iter().any(|w| w.uid == o.uid))
+        .cloned()
+        .collect();
+    if data.is_empty() && annotations.is_empty() && kept.len() == owners.len() {
+        return None;
+    }
+    let mut metadata = serde_json::json!({ "resourceVersion": current.resource_version() });
+    if !annotations.is_empty() {
+        metadata["annotations"] = annotations.into();
+    }
+    if kept.len() != owners.len() {
+        // A merge patch replaces the list: the other owners stay, checked by resourceVersion.
+        metadata["ownerReferences"] = if kept.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::to_value(&kept).ok()?
+        };
+    }
+    let mut patch = serde_json::json!({ "metadata": metadata });
+    if !data.is_empty() {
+        patch["data"] = data.into();
+    }
+    Some(patch)
 }
 
 #[cfg(test)]
@@ -563,7 +831,10 @@ mod tests {
         assert_eq!(v.len(), 24);
         assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(value(&s, VALUE_PREVIOUS), None);
-        assert_eq!(s.annotations()[KEY_ID], key_id(&v));
+        assert_eq!(
+            s.annotations()[KEY_ID],
+            key_id(&s.annotations()[KEY_ID_SALT], &v)
+        );
         assert_eq!(s.annotations()[ROTATED_AT], "2026-11-22T10:00:00Z");
         assert!(
             !s.annotations().values().any(|a| a.contains(&v)),
@@ -835,7 +1106,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.change, Some(Change::Adopted));
         assert_eq!(p.data[VALUE], "their-value");
-        assert_eq!(p.journal.key_id, Some(key_id("their-value")));
+        let salt = p.journal.key_id_salt.clone().unwrap();
+        assert_eq!(p.journal.key_id, Some(key_id(&salt, "their-value")));
     }
 
     #[test]
@@ -888,7 +1160,7 @@ mod tests {
             let primary = keyset::primary(&keys).unwrap();
             assert_eq!(
                 p.journal.key_id.as_deref(),
-                Some(key_id(&keys[&primary]).as_str())
+                Some(key_id(p.journal.key_id_salt.as_deref().unwrap(), &keys[&primary]).as_str())
             );
             assert!(
                 p.data.values().any(|v| *v == previous_primary),
@@ -912,5 +1184,196 @@ mod tests {
                 CredentialType::ControlPlaneToken
             ))
         );
+    }
+
+    #[test]
+    fn long_names_get_a_label_safe_unique_value() {
+        assert_eq!(credential_label("db"), "db");
+        let long = format!("a-{}", "x".repeat(80));
+        let label = credential_label(&long);
+        assert_eq!(label.len(), 63);
+        assert!(label.starts_with("a-xxx") && label.chars().last().unwrap().is_ascii_hexdigit());
+        let other = format!("a-{}y", "x".repeat(80));
+        assert_ne!(
+            credential_label(&other),
+            label,
+            "the hash keeps names apart"
+        );
+        let mut c = credential(CredentialType::Random, None);
+        c.metadata.name = Some(long.clone());
+        let p = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
+        let s = desired_secret(&c, &p);
+        assert_eq!(s.labels()[CREDENTIAL_LABEL], label);
+        assert_eq!(ownership(&c, Some(&s)), Ownership::Managed);
+    }
+
+    #[test]
+    fn key_ids_are_keyed_by_a_salt_kept_in_the_secret_and_stable() {
+        let c = credential(CredentialType::Random, None);
+        let first = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
+        let salt = first.journal.key_id_salt.clone().unwrap();
+        assert_eq!(salt.len(), 32);
+        let value = &first.data[VALUE];
+        assert_ne!(first.journal.key_id, Some(unkeyed_key_id(value)));
+        let again = plan(
+            &c,
+            Some(&stored(&c, &first)),
+            Timestamp::UNIX_EPOCH,
+            &mut FixedEntropy(2),
+        )
+        .unwrap();
+        assert_eq!(again.change, None);
+        assert_eq!(again.journal.key_id, first.journal.key_id, "stable");
+        // Another Secret with the same value has another id.
+        let other = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(9)).unwrap();
+        assert_ne!(
+            key_id(&other.journal.key_id_salt.unwrap(), value),
+            first.journal.key_id.unwrap()
+        );
+    }
+
+    #[test]
+    fn a_secret_journalled_with_an_unkeyed_id_is_rekeyed_without_a_rotation() {
+        let c = credential(CredentialType::Random, None);
+        let first = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
+        let mut s = stored(&c, &first);
+        let value = first.data[VALUE].clone();
+        let a = s.metadata.annotations.as_mut().unwrap();
+        a.remove(KEY_ID_SALT);
+        a.insert(KEY_ID.into(), unkeyed_key_id(&value));
+        a.insert(RESTARTED_FOR.into(), unkeyed_key_id(&value));
+        let p = plan(&c, Some(&s), Timestamp::UNIX_EPOCH, &mut FixedEntropy(2)).unwrap();
+        assert_eq!(p.change, None);
+        assert_eq!(p.data[VALUE], value);
+        assert!(p.journal.key_id_salt.is_some());
+        assert_eq!(p.journal.restarted_for, p.journal.key_id, "no restart owed");
+        assert!(differs(c.spec.type_, Some(&s), &desired_secret(&c, &p)));
+    }
+
+    #[test]
+    fn key_set_repair_keeps_every_key_bulkhead_wrote() {
+        let c = credential(CredentialType::KeySet, every("1h"));
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let mut s = stored(&c, &plan(&c, None, t0, &mut FixedEntropy(1)).unwrap());
+        for hour in 1..=2i64 {
+            let now = t0
+                .checked_add(jiff::SignedDuration::from_hours(hour))
+                .unwrap();
+            s = stored(
+                &c,
+                &plan(&c, Some(&s), now, &mut FixedEntropy(10 + hour as u64)).unwrap(),
+            );
+        }
+        let written: KeySet = keyset::from_data(&string_data(Some(&s)));
+        assert_eq!(written.keys().copied().collect::<Vec<_>>(), [0, 2, 3]);
+        // A hand-added key above the primary: reported, nothing dropped.
+        let mut tampered = s.clone();
+        tampered
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("99".into(), ByteString(b"by-hand".to_vec()));
+        match plan(&c, Some(&tampered), t0, &mut FixedEntropy(3)) {
+            Err(Refusal::Conflict(msg)) => assert!(msg.contains("key 99"), "{msg}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // The staged key removed: re-staged, every other key kept.
+        let mut unstaged = s.clone();
+        unstaged.data.as_mut().unwrap().remove("0");
+        let p = plan(&c, Some(&unstaged), t0, &mut FixedEntropy(4)).unwrap();
+        assert_eq!(p.change, Some(Change::Repaired));
+        for i in ["2", "3"] {
+            assert_eq!(p.data[i], written[&i.parse::<u32>().unwrap()]);
+        }
+        // The primary removed: the staged key is promoted, the secondary stays.
+        let mut unprimed = s.clone();
+        unprimed.data.as_mut().unwrap().remove("3");
+        let p = plan(&c, Some(&unprimed), t0, &mut FixedEntropy(5)).unwrap();
+        assert_eq!(p.change, Some(Change::Repaired));
+        assert_eq!(p.data["2"], written[&2]);
+        assert_eq!(
+            p.data["3"], written[&0],
+            "the staged key is the new primary"
+        );
+    }
+
+    #[test]
+    fn removal_patch_names_only_what_bulkhead_dropped_and_is_guarded() {
+        let mut c = credential(CredentialType::Random, every("1h"));
+        let p = plan(&c, None, Timestamp::UNIX_EPOCH, &mut FixedEntropy(1)).unwrap();
+        let mut current = desired_secret(&c, &p);
+        current.metadata.resource_version = Some("42".into());
+        let data = current.data.as_mut().unwrap();
+        data.insert(VALUE_PREVIOUS.into(), ByteString(b"old".to_vec()));
+        data.insert("theirs".into(), ByteString(b"kept".to_vec()));
+        assert!(
+            removal_patch(
+                c.spec.type_,
+                &desired_secret(&c, &p),
+                &desired_secret(&c, &p)
+            )
+            .is_none()
+        );
+        c.spec.deletion_policy = DeletionPolicy::Retain;
+        let patch = removal_patch(c.spec.type_, &current, &desired_secret(&c, &p)).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "metadata": {"resourceVersion": "42", "ownerReferences": null},
+                "data": {VALUE_PREVIOUS: null},
+            })
+        );
+    }
+
+    #[test]
+    fn adopting_what_would_lose_data_is_a_conflict_naming_the_cause() {
+        let mut c = credential(CredentialType::Random, None);
+        c.spec.adopt = true;
+        let foreign = |type_: &str, data: &[(&str, &[u8])]| Secret {
+            metadata: ObjectMeta {
+                name: Some("db-password".into()),
+                ..ObjectMeta::default()
+            },
+            type_: Some(type_.into()),
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let conflict = |c: &Credential, s: &Secret| match plan(
+            c,
+            Some(s),
+            Timestamp::UNIX_EPOCH,
+            &mut FixedEntropy(1),
+        ) {
+            Err(Refusal::Conflict(msg)) => msg,
+            other => panic!("expected a conflict, got {other:?}"),
+        };
+        assert!(conflict(&c, &foreign("Opaque", &[(VALUE, &[0xff])])).contains("not UTF-8"));
+        assert!(
+            conflict(&c, &foreign("kubernetes.io/tls", &[])).contains("type kubernetes.io/tls")
+        );
+        let mut k = credential(CredentialType::KeySet, None);
+        k.spec.adopt = true;
+        assert!(conflict(&k, &foreign("Opaque", &[("1", b"a"), ("2", b"b")])).contains("key 0"));
+        // Binary values under other keys are fine: they are not written at all.
+        let p = plan(
+            &c,
+            Some(&foreign("Opaque", &[(VALUE, b"v"), ("blob", &[0xff])])),
+            Timestamp::UNIX_EPOCH,
+            &mut FixedEntropy(1),
+        )
+        .unwrap();
+        assert!(!p.data.contains_key("blob"));
+        let s = desired_secret(&c, &p);
+        assert!(
+            s.metadata.owner_references.is_none(),
+            "adopted: not deleted with the Credential"
+        );
+        c.annotations_mut()
+            .insert(DELETE_ADOPTED.into(), "true".into());
+        assert!(desired_secret(&c, &p).metadata.owner_references.is_some());
     }
 }

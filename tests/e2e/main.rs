@@ -14,9 +14,10 @@
 
 #[path = "../support/cluster.rs"]
 mod cluster;
-mod demo;
 
 mod chaos;
+mod data_safety;
+mod demo;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -435,21 +436,22 @@ async fn one_release_manages_credentials_with_only_its_role() {
         "False"
     );
 
-    // A restart target the chart does not list: the 403 becomes a condition naming the value.
+    // A restart target the chart does not list: a condition naming the value (from creation,
+    // see data_safety), and the rotation itself happens.
     let batch_value = data(&wait_value(&admin, ns, "batch", WAIT).await, "value").unwrap();
     request_rotation(&admin, ns, "batch", "2026-11-22T12:00:00Z").await;
+    eventually("batch rotated", WAIT, || async {
+        secret(&admin, ns, "batch")
+            .await
+            .filter(|b| data(b, "value.previous").as_deref() == Some(batch_value.as_str()))
+    })
+    .await;
     let (_, reason, message) =
         wait_condition(&admin, ns, "batch", "RestartNotPermitted", "True").await;
     assert_eq!(reason, "Forbidden");
     assert!(
         message.contains("rbac.restartTargets") && message.contains("Deployment/worker"),
         "{message}"
-    );
-    let b = secret(&admin, ns, "batch").await.unwrap();
-    assert_eq!(
-        data(&b, "value.previous").as_deref(),
-        Some(batch_value.as_str()),
-        "the rotation itself happened"
     );
     assert!(
         !template_annotations(&admin, ns, "worker")

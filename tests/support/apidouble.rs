@@ -4,7 +4,11 @@
 //! Models: JSON storage with uid/resourceVersion/generation; get, list, watch, create, update,
 //! patch (apply, merge, JSON patch), delete; finalizers; the status subresource; selectors; dryRun;
 //! one subject's Role (incl. resourceNames, SSA create needing `create`); self-reviews; faults.
-//! Cannot prove (the env-gated e2e suite does): real SSA field ownership and conflicts, admission,
+//! For Secrets, server-side apply's field ownership per manager *and* operation for the fields
+//! Bulkhead writes (data keys, labels, annotations, ownerReferences by uid, type): an apply
+//! removes a field it stops sending only when no other manager owns it, a create or patch owns
+//! what it changed, `type` is immutable; label values are validated as the API server does.
+//! Cannot prove (the env-gated e2e suite does): SSA ownership of other fields, admission,
 //! CEL/schema validation, ownerReference GC, RBAC aggregation, watch bookmarks/timeouts/410 Gone.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +41,10 @@ const APPLY_PATCH: &str = "application/apply-patch+yaml";
 const MERGE_PATCH: &str = "application/merge-patch+json";
 const STRATEGIC_MERGE_PATCH: &str = "application/strategic-merge-patch+json";
 const JSON_PATCH: &str = "application/json-patch+json";
+
+/// The field manager of writes made with [`ApiDouble::insert_json`] (someone else's, as
+/// `kubectl` would be).
+pub const EXTERNAL: &str = "external";
 
 const REVIEW_GROUP: &str = "authorization.k8s.io";
 const RULES_REVIEW: &str = "selfsubjectrulesreviews";
@@ -797,7 +805,12 @@ impl State {
             .object(target)
             .cloned()
             .ok_or_else(|| ApiError::not_found(target))?;
-        let new = self.prepare_update(target, &old, candidate, call.field_manager(), "Update")?;
+        let mut new =
+            self.prepare_update(target, &old, candidate, call.field_manager(), "Update")?;
+        if is_secret(&target.group, &target.resource) {
+            let manager = call.field_manager().unwrap_or("unknown");
+            track_secret_fields(Some(&old), &mut new, manager, "Update", None, true)?;
+        }
         let object = self.commit_update(&target.key(), old, new, call.dry_run());
         Ok(Reply::Object(StatusCode::OK, object))
     }
@@ -834,7 +847,17 @@ impl State {
         } else {
             merge(&mut candidate, &patch, &mut Vec::new(), apply);
         }
-        let new = self.prepare_update(target, &old, candidate, call.field_manager(), operation)?;
+        let mut new =
+            self.prepare_update(target, &old, candidate, call.field_manager(), operation)?;
+        if is_secret(&target.group, &target.resource) {
+            let manager = call.field_manager().unwrap_or("unknown");
+            let force = call.query.get("force").is_some_and(|f| f == "true");
+            // What the apply sends, as the server sees it (stringData is data, type defaults).
+            let mut applied = patch.clone();
+            normalize_secret(&mut applied);
+            let applied = apply.then_some(&applied);
+            track_secret_fields(Some(&old), &mut new, manager, operation, applied, force)?;
+        }
         let object = self.commit_update(&target.key(), old, new, call.dry_run());
         Ok(Reply::Object(StatusCode::OK, object))
     }
@@ -997,6 +1020,18 @@ impl State {
             meta.remove(server_owned);
         }
         record_manager(&mut object, manager, operation);
+        validate_labels(&object)?;
+        if is_secret(&target.group, &target.resource) {
+            let applied = (operation == "Apply").then(|| object.clone());
+            track_secret_fields(
+                None,
+                &mut object,
+                manager.unwrap_or("unknown"),
+                operation,
+                applied.as_ref(),
+                true,
+            )?;
+        }
         if dry_run {
             return Ok(object);
         }
@@ -1080,6 +1115,7 @@ impl State {
         };
         metadata_mut(&mut new).insert("resourceVersion".into(), current.into());
         record_manager(&mut new, manager, operation);
+        validate_labels(&new)?;
         Ok(new)
     }
 
@@ -1171,6 +1207,11 @@ impl State {
             meta.entry("creationTimestamp")
                 .or_insert_with(|| now().into());
             meta.entry("generation").or_insert_with(|| 1.into());
+            if is_secret(&key.group, &key.resource) {
+                metadata_mut(&mut object).remove("managedFields");
+                track_secret_fields(None, &mut object, EXTERNAL, "Update", None, true)
+                    .map_err(|e| e.message)?;
+            }
             return Ok(self.store(key, ChangeKind::Added, None, object));
         };
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -1182,6 +1223,10 @@ impl State {
             }
         }
         meta.insert("generation".into(), generation.into());
+        if is_secret(&key.group, &key.resource) {
+            track_secret_fields(Some(&old), &mut object, EXTERNAL, "Update", None, true)
+                .map_err(|e| e.message)?;
+        }
         Ok(self.commit_update(key, old, object, false))
     }
 
@@ -2044,4 +2089,349 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field ownership (server-side apply), for Secrets
+
+/// One field of a Secret whose ownership the double tracks: the fields Bulkhead writes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SecretField {
+    Data(String),
+    Label(String),
+    Annotation(String),
+    /// An ownerReference, keyed by its uid as the API server's map-list is.
+    Owner(String),
+    Type,
+}
+
+type FieldSet = BTreeSet<SecretField>;
+
+fn is_secret(group: &str, resource: &str) -> bool {
+    group.is_empty() && resource == "secrets"
+}
+
+fn secret_fields(object: &Value) -> FieldSet {
+    let keys = |value: &Value| -> Vec<String> {
+        value
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let meta = &object["metadata"];
+    let mut fields = FieldSet::new();
+    fields.extend(keys(&object["data"]).into_iter().map(SecretField::Data));
+    fields.extend(keys(&meta["labels"]).into_iter().map(SecretField::Label));
+    fields.extend(
+        keys(&meta["annotations"])
+            .into_iter()
+            .map(SecretField::Annotation),
+    );
+    fields.extend(
+        meta["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["uid"].as_str())
+            .map(|uid| SecretField::Owner(uid.to_owned())),
+    );
+    if object.get("type").is_some_and(|t| !t.is_null()) {
+        fields.insert(SecretField::Type);
+    }
+    fields
+}
+
+fn field_value<'a>(object: &'a Value, field: &SecretField) -> Option<&'a Value> {
+    let meta = &object["metadata"];
+    match field {
+        SecretField::Data(k) => object["data"].get(k),
+        SecretField::Label(k) => meta["labels"].get(k),
+        SecretField::Annotation(k) => meta["annotations"].get(k),
+        SecretField::Owner(uid) => meta["ownerReferences"]
+            .as_array()?
+            .iter()
+            .find(|o| o["uid"].as_str() == Some(uid)),
+        SecretField::Type => object.get("type"),
+    }
+}
+
+fn remove_field(object: &mut Value, field: &SecretField) {
+    let remove_key = |map: Option<&mut Value>, key: &str| {
+        if let Some(Value::Object(map)) = map {
+            map.remove(key);
+        }
+    };
+    match field {
+        SecretField::Data(k) => remove_key(object.get_mut("data"), k),
+        SecretField::Label(k) => remove_key(object.pointer_mut("/metadata/labels"), k),
+        SecretField::Annotation(k) => remove_key(object.pointer_mut("/metadata/annotations"), k),
+        SecretField::Owner(uid) => {
+            if let Some(Value::Array(owners)) = object.pointer_mut("/metadata/ownerReferences") {
+                owners.retain(|o| o["uid"].as_str() != Some(uid));
+            }
+        }
+        SecretField::Type => {
+            object_mut(object).remove("type");
+        }
+    }
+}
+
+/// The `fieldsV1` form of a field set, as the API server writes it.
+fn fields_v1(fields: &FieldSet) -> Value {
+    let mut root = json!({});
+    for field in fields {
+        let (path, leaf): (&[&str], String) = match field {
+            SecretField::Data(k) => (&["f:data"], format!("f:{k}")),
+            SecretField::Label(k) => (&["f:metadata", "f:labels"], format!("f:{k}")),
+            SecretField::Annotation(k) => (&["f:metadata", "f:annotations"], format!("f:{k}")),
+            SecretField::Owner(uid) => (
+                &["f:metadata", "f:ownerReferences"],
+                format!("k:{}", json!({ "uid": uid })),
+            ),
+            SecretField::Type => (&[], "f:type".to_owned()),
+        };
+        let mut slot = &mut root;
+        for step in path {
+            slot = object_mut(slot).entry(*step).or_insert_with(|| json!({}));
+        }
+        object_mut(slot).insert(leaf, json!({}));
+    }
+    root
+}
+
+/// The field set a `fieldsV1` value names (only the tracked fields).
+fn parse_fields_v1(value: &Value) -> FieldSet {
+    let keys = |v: &Value, prefix: &str| -> Vec<String> {
+        v.as_object()
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let meta = &value["f:metadata"];
+    let mut fields = FieldSet::new();
+    fields.extend(
+        keys(&value["f:data"], "f:")
+            .into_iter()
+            .map(SecretField::Data),
+    );
+    fields.extend(
+        keys(&meta["f:labels"], "f:")
+            .into_iter()
+            .map(SecretField::Label),
+    );
+    fields.extend(
+        keys(&meta["f:annotations"], "f:")
+            .into_iter()
+            .map(SecretField::Annotation),
+    );
+    fields.extend(
+        keys(&meta["f:ownerReferences"], "k:")
+            .into_iter()
+            .filter_map(|k| {
+                let key: Value = serde_json::from_str(&k).ok()?;
+                key["uid"]
+                    .as_str()
+                    .map(|u| SecretField::Owner(u.to_owned()))
+            }),
+    );
+    if value.get("f:type").is_some() {
+        fields.insert(SecretField::Type);
+    }
+    fields
+}
+
+/// A managedFields entry: manager, operation, and the fields it owns.
+struct Owner {
+    manager: String,
+    operation: String,
+    fields: FieldSet,
+}
+
+fn owners_of(object: &Value) -> Vec<Owner> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(Owner {
+                manager: e["manager"].as_str()?.to_owned(),
+                operation: e["operation"].as_str()?.to_owned(),
+                fields: parse_fields_v1(&e["fieldsV1"]),
+            })
+        })
+        .collect()
+}
+
+/// What the API server does to the ownership of a Secret's fields on a write, and what
+/// server-side apply removes: a field an applier stops sending is removed unless another
+/// manager (a different manager, or the same one with another operation) still owns it.
+/// `applied` is the apply patch (`None`: an update, create or patch, which owns what it
+/// changed). A forced apply takes conflicting fields; an unforced one fails on them.
+fn track_secret_fields(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    operation: &str,
+    applied: Option<&Value>,
+    force: bool,
+) -> Result<(), ApiError> {
+    let empty = json!({});
+    let old_object = old.unwrap_or(&empty);
+    let name = meta_str(new, "name").unwrap_or_default().to_owned();
+    if let (Some(was), Some(now)) = (
+        old.and_then(|o| o.get("type")),
+        new.get("type").filter(|t| !t.is_null()),
+    ) && was != now
+    {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("Secret \"{name}\" is invalid: type: Invalid value: {now}: field is immutable"),
+        ));
+    }
+    let mut owners = owners_of(old_object);
+    let me = |o: &Owner| o.manager == manager && o.operation == operation;
+    if !owners.iter().any(me) {
+        owners.push(Owner {
+            manager: manager.to_owned(),
+            operation: operation.to_owned(),
+            fields: FieldSet::new(),
+        });
+    }
+    match applied {
+        Some(patch) => {
+            // ownerReferences is a list keyed by uid: the apply merges into it.
+            let mut refs: Vec<Value> = old_object["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for r in patch["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                match refs.iter_mut().find(|o| o["uid"] == r["uid"]) {
+                    Some(slot) => *slot = r.clone(),
+                    None => refs.push(r.clone()),
+                }
+            }
+            if refs.is_empty() {
+                metadata_mut(new).remove("ownerReferences");
+            } else {
+                metadata_mut(new).insert("ownerReferences".into(), refs.into());
+            }
+            let sent = secret_fields(patch);
+            let mut conflicts = Vec::new();
+            for field in &sent {
+                let changed = field_value(old_object, field)
+                    .is_some_and(|v| Some(v) != field_value(patch, field));
+                if !changed {
+                    continue;
+                }
+                for other in owners.iter_mut().filter(|o| !me(o)) {
+                    if other.fields.contains(field) {
+                        if force {
+                            other.fields.remove(field);
+                        } else {
+                            conflicts
+                                .push(format!("conflict with \"{}\": {field:?}", other.manager));
+                        }
+                    }
+                }
+            }
+            if !conflicts.is_empty() {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Apply failed with {} conflicts: {}",
+                        conflicts.len(),
+                        conflicts.join(", ")
+                    ),
+                ));
+            }
+            let previous: FieldSet = owners
+                .iter()
+                .find(|o| me(o))
+                .map(|o| o.fields.clone())
+                .unwrap_or_default();
+            for field in previous.difference(&sent) {
+                let kept = owners.iter().any(|o| !me(o) && o.fields.contains(field));
+                if !kept {
+                    remove_field(new, field);
+                }
+            }
+            if let Some(mine) = owners.iter_mut().find(|o| me(o)) {
+                mine.fields = sent;
+            }
+        }
+        None => {
+            let before = secret_fields(old_object);
+            let after = secret_fields(new);
+            let changed: FieldSet = after
+                .iter()
+                .filter(|f| field_value(old_object, f) != field_value(new, f))
+                .cloned()
+                .collect();
+            let removed: FieldSet = before.difference(&after).cloned().collect();
+            for owner in &mut owners {
+                owner.fields.retain(|f| !removed.contains(f));
+                if me(owner) {
+                    owner.fields.extend(changed.iter().cloned());
+                } else {
+                    owner.fields.retain(|f| !changed.contains(f));
+                }
+            }
+        }
+    }
+    let api_version = new.get("apiVersion").cloned().unwrap_or(Value::Null);
+    let entries: Vec<Value> = owners
+        .iter()
+        .filter(|o| !o.fields.is_empty())
+        .map(|o| {
+            json!({
+                "manager": o.manager,
+                "operation": o.operation,
+                "apiVersion": api_version,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": fields_v1(&o.fields),
+            })
+        })
+        .collect();
+    metadata_mut(new).insert("managedFields".into(), entries.into());
+    Ok(())
+}
+
+/// The API server's label-value validation (63 characters, alphanumeric at both ends).
+fn validate_labels(object: &Value) -> Result<(), ApiError> {
+    let labels = object["metadata"]["labels"].as_object();
+    for (key, value) in labels.into_iter().flatten() {
+        let value = value.as_str().unwrap_or_default();
+        let alnum = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+        let problem = if value.len() > 63 {
+            Some("must be no more than 63 characters")
+        } else if !(alnum(value.chars().next())
+            && alnum(value.chars().last())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            Some(
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            )
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("metadata.labels: Invalid value: \"{value}\" (label {key}): {problem}"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -798,7 +798,9 @@ impl Cluster {
         let mut helm = Command::new(tool("helm"));
         helm.args(["template", "bulkhead"])
             .arg(repo().join("chart"))
-            .args(["--namespace", namespace]);
+            .args(["--namespace", namespace])
+            // The API server's endpoint, as the chart requires (README, Install).
+            .args(["--set", "networkPolicy.apiServer.cidrs={127.0.0.1/32}"]);
         for value in set {
             helm.args(["--set", value]);
         }
