@@ -288,7 +288,23 @@ kubectl wait --for=condition=Established --timeout=60s crd/tenants.bulkhead.dev 
 say "team: the chart into namespace $namespace (helm template | kubectl apply: ServiceAccount, Role, RoleBinding, Deployment, Service, NetworkPolicy)"
 kubectl create namespace "$namespace" >/dev/null
 [[ -n "$context" ]] && created_namespace=true
-helm template bulkhead chart --namespace "$namespace" >"$work/chart.yaml"
+# The chart refuses an API-server egress open to any address: give it the API server's endpoint
+# addresses (loopback for the throwaway control plane). The demo's operator runs as a local
+# process, so the NetworkPolicy gates nothing here; it is rendered as a team would render it.
+if [[ -z "$context" ]]; then
+  api_cidrs="127.0.0.1/32"
+else
+  api_cidrs="$(kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes \
+    -o jsonpath='{range .items[*].endpoints[*].addresses[*]}{@}/32,{end}' 2>/dev/null || true)"
+  api_cidrs="${api_cidrs%,}"
+fi
+if [[ -n "$api_cidrs" ]]; then
+  netpol=(--set "networkPolicy.apiServer.cidrs={$api_cidrs}")
+else
+  say "team: no EndpointSlice for the kubernetes Service readable: the NetworkPolicy's API-server egress is rendered open (networkPolicy.apiServer.allowAnyAddress=true)"
+  netpol=(--set networkPolicy.apiServer.allowAnyAddress=true)
+fi
+helm template bulkhead chart --namespace "$namespace" "${netpol[@]}" >"$work/chart.yaml"
 kubectl apply -n "$namespace" -f "$work/chart.yaml" >"$work/chart-apply.log"
 # The Deployment's pod needs an image and a node; the demo runs the same binary as a local
 # process instead, with the chart's ServiceAccount (exactly the chart's Role).
