@@ -85,6 +85,11 @@ pub struct ControlPlaneLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -104,6 +109,8 @@ pub struct Metrics {
     pub next_rotation: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub control_plane_requests: Family<ControlPlaneLabels, Counter>,
     pub identity_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Objects skipped because this binary cannot decode them (counted once per version).
+    pub undecodable: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,6 +192,12 @@ impl Default for Metrics {
             "Unix time the mTLS identity certificate expires (0 when none is loaded)",
             identity_expiry.clone(),
         );
+        let undecodable = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "undecodable_objects",
+            "Object versions skipped because this binary cannot decode them (CRD bundle newer than the binary?)",
+            undecodable.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -206,6 +219,7 @@ impl Default for Metrics {
             next_rotation,
             control_plane_requests,
             identity_expiry,
+            undecodable,
         }
     }
 }

@@ -7,10 +7,12 @@
 pub mod conditions;
 pub mod credential;
 pub mod duration;
+pub mod guard;
 pub mod tenant;
 
 pub use conditions::{ConditionSet, ConditionStatus};
 pub use credential::{Credential, CredentialSpec, CredentialStatus, CredentialType};
+pub use guard::{Guarded, Undecodable};
 pub use tenant::{Tenant, TenantSpec, TenantStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -250,7 +250,10 @@ fn assert_confined(audit: &AuditLog, release: &Release, refused_restarts: &[&str
 /// Credentials, manual rotation, a permitted and a forbidden restart target, a foreign Secret,
 /// Retain and Delete, `hack/verify-rbac.sh`, and the audit log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bulkhead_e2e), ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)")]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
 async fn one_release_manages_credentials_with_only_its_role() {
     let binaries = Binaries::from_env();
     let cluster = Cluster::start(binaries);
@@ -598,7 +601,10 @@ async fn one_release_manages_credentials_with_only_its_role() {
 /// standby reconciles within seconds; SIGKILL it: the next takes over within the lease
 /// duration. No Credential is rotated twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bulkhead_e2e), ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)")]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
 async fn a_standby_takes_over_without_rotating_twice() {
     let binaries = Binaries::from_env();
     let cluster = Cluster::start(binaries.without_controller_manager());
@@ -703,7 +709,10 @@ async fn a_standby_takes_over_without_rotating_twice() {
 /// The API server goes away and comes back mid-run: the operator recovers by itself, nothing
 /// is lost (every Secret keeps its value) and nothing is duplicated (no extra rotation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bulkhead_e2e), ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)")]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
 async fn the_operator_recovers_from_an_api_server_restart() {
     let binaries = Binaries::from_env();
     let mut cluster = Cluster::start(binaries.without_controller_manager());
@@ -778,7 +787,10 @@ async fn the_operator_recovers_from_an_api_server_restart() {
 
 /// Two namespaces, one release each: each instance sees and touches only its own objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bulkhead_e2e), ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)")]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
 async fn two_releases_in_two_namespaces_stay_apart() {
     let binaries = Binaries::from_env();
     let cluster = Cluster::start(binaries.without_controller_manager());
@@ -948,7 +960,10 @@ fn audit_requests_are_classified_by_namespace_and_kind() {
 /// Without a Secret watch (the default Role cannot list or watch Secrets), drift is repaired by
 /// the periodic re-read by name; a re-check that finds nothing to repair writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bulkhead_e2e), ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)")]
+#[cfg_attr(
+    not(bulkhead_e2e),
+    ignore = "needs a control plane: set KUBEBUILDER_ASSETS (see README, Testing)"
+)]
 async fn drift_is_repaired_by_the_periodic_recheck_which_otherwise_writes_nothing() {
     let binaries = Binaries::from_env();
     let cluster = Cluster::start(binaries.without_controller_manager());
