@@ -157,7 +157,8 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            // events.k8s.io refuses a note over 1 kB.
+            note: Some(crate::api::conditions::bounded(note, 1024)),
             action: action.to_owned(),
             secondary: None,
         };
@@ -230,9 +231,14 @@ where
     let delay = error
         .retry_after()
         .map_or(backoff, |wait| wait.max(backoff));
+    let detail = match error {
+        Error::ControlPlane(e) => e.detail(),
+        _ => None,
+    };
     tracing::warn!(
         object = %key,
         error = %error,
+        detail,
         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         "reconcile failed"
     );
