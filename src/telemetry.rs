@@ -34,13 +34,22 @@ pub enum LogFormat {
 /// Install the global tracing subscriber. `level` is an `EnvFilter` directive (`info`,
 /// `bulkhead=debug,kube=info`, ...).
 pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+    // kube's HTTP layer logs every failed request at ERROR; the operator reports each failure
+    // itself, once, with what it means, so those lines stay off unless asked for by target.
+    let directives = if level.contains("kube_client") {
+        level.to_owned()
+    } else {
+        format!("{level},kube_client::client::builder=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
         crate::Error::Usage(format!(
             "--log-level {level:?} is not a valid filter ({e}); use e.g. info or bulkhead=debug,kube=warn"
         ))
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into a file or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder
@@ -53,7 +62,15 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
     };
     // A subscriber already installed (tests) is fine.
     drop(installed);
+    LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `init_logging` ran: errors then go to the log, not a second time to stderr.
+pub fn logging_installed() -> bool {
+    LOGGING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
