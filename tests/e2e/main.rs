@@ -15,6 +15,8 @@
 #[path = "../support/cluster.rs"]
 mod cluster;
 
+mod bad_input;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
