@@ -221,7 +221,7 @@ async fn client() -> Result<(kube::Client, String)> {
     };
     let server = format!("{} ({context})", config.cluster_url);
     let client = kube::Client::try_from(config)
-        .map_err(|e| Error::Config(format!("{}", crate::error::describe_kube(&e))))?;
+        .map_err(|e| Error::Config(crate::error::describe_kube(&e)))?;
     Ok((client, server))
 }
 
