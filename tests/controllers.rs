@@ -638,3 +638,39 @@ async fn an_undecodable_credential_is_reported_and_the_others_still_reconcile() 
     .await;
     op.stop().await;
 }
+
+#[tokio::test]
+async fn an_undecodable_tenant_is_reported_and_credentials_still_reconcile() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    // contacts as a string: what a later schema could allow, this binary cannot decode.
+    double.insert_json(
+        "bulkhead.dev",
+        "v1alpha1",
+        "tenants",
+        NS,
+        json!({
+            "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "tenant", "namespace": NS},
+            "spec": {"contacts": "team-a@example.com"}
+        }),
+    );
+    double.insert(&credential("db", CredentialType::Random));
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("db created", || secret_value(&double, "db", "value")).await;
+    let event = eventually("a Warning Event about the Tenant", || {
+        double
+            .list_json("events.k8s.io", "events", NS)
+            .into_iter()
+            .find(|e| e["regarding"]["kind"] == "Tenant" && e["reason"] == "Undecodable")
+    })
+    .await;
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("spec.contacts"), "{note}");
+    assert!(
+        op.metrics
+            .encode()
+            .contains("bulkhead_undecodable_objects_total{kind=\"Tenant\"} 1")
+    );
+    op.stop().await;
+}
