@@ -114,7 +114,7 @@ fn parse_duration(value: &str) -> std::result::Result<Duration, String> {
 pub struct RunArgs {
     /// The namespace to manage (the chart passes the pod's own namespace). Required: there is
     /// no cluster-wide mode.
-    #[arg(long, env = "BULKHEAD_NAMESPACE")]
+    #[arg(long, env = "BULKHEAD_NAMESPACE", required = true)]
     pub namespace: Option<String>,
 
     #[command(flatten)]
@@ -196,7 +196,7 @@ pub struct RbacArgs {
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// The namespace to check.
-    #[arg(long, env = "BULKHEAD_NAMESPACE")]
+    #[arg(long, env = "BULKHEAD_NAMESPACE", required = true)]
     pub namespace: Option<String>,
 
     #[command(flatten)]
@@ -212,13 +212,56 @@ fn require_namespace(ns: Option<String>) -> Result<String> {
     }
 }
 
-async fn client() -> Result<kube::Client> {
-    let config = kube::Config::infer().await.map_err(|e| {
-        Error::Config(format!(
-            "{e}; run in a pod with a ServiceAccount or set KUBECONFIG"
-        ))
-    })?;
-    kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+/// The Kubernetes client, and the API server it talks to as a user names it: the URL and the
+/// kubeconfig context (or `in-cluster`).
+async fn client() -> Result<(kube::Client, String)> {
+    let kubeconfig = kube::config::Kubeconfig::read();
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Config(no_config(&e, kubeconfig.as_ref().err())))?;
+    let context = match &kubeconfig {
+        Ok(k) => k
+            .current_context
+            .clone()
+            .map_or_else(|| "kubeconfig".to_owned(), |c| format!("context {c}")),
+        Err(_) => "in-cluster".to_owned(),
+    };
+    let server = format!("{} ({context})", config.cluster_url);
+    let client = kube::Client::try_from(config)
+        .map_err(|e| Error::Config(crate::error::describe_kube(&e)))?;
+    Ok((client, server))
+}
+
+/// Why no Kubernetes configuration was found, naming the kubeconfig path once, unquoted.
+fn no_config(
+    infer: &kube::config::InferConfigError,
+    kubeconfig: Option<&kube::config::KubeconfigError>,
+) -> String {
+    let fix = "set KUBECONFIG to a readable kubeconfig, or run in a pod with a ServiceAccount";
+    let path = std::env::var_os("KUBECONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kube/config"))
+        });
+    match (kubeconfig, path) {
+        (Some(_), Some(path)) => match std::fs::metadata(&path) {
+            Err(io) => format!(
+                "no Kubernetes configuration: not in a pod, and the kubeconfig {} cannot be read ({io}); {fix}",
+                path.display()
+            ),
+            Ok(_) => format!(
+                "no usable Kubernetes configuration: the kubeconfig {} is invalid ({}); {fix}",
+                path.display(),
+                kubeconfig
+                    .map(|e| crate::error::chain(e))
+                    .unwrap_or_default()
+            ),
+        },
+        _ => format!(
+            "no Kubernetes configuration ({}); {fix}",
+            crate::error::chain(infer)
+        ),
+    }
 }
 
 /// A process identity unique per process, for the Lease.
@@ -312,8 +355,8 @@ async fn run(args: RunArgs) -> Result<()> {
         .await?,
     );
 
-    let client = client().await?;
-    tracing::info!(%namespace, version = env!("CARGO_PKG_VERSION"), identity_secret = %args.role.identity_secret, "starting");
+    let (client, server) = client().await?;
+    tracing::info!(%namespace, version = env!("CARGO_PKG_VERSION"), identity_secret = %args.role.identity_secret, api_server = %server, "starting");
     let config = RunConfig {
         leader: LeaderConfig {
             enabled: args.leader_elect,
@@ -339,7 +382,13 @@ async fn run(args: RunArgs) -> Result<()> {
             permitted_restarts: Some(args.role.restart_targets.clone()),
         },
     };
-    let outcome = operator::run(client, config, metrics, readiness, shutdown.clone()).await;
+    // Every line names the API server: a failing preflight says which server it could not reach.
+    let span = tracing::info_span!("operator", api_server = %server);
+    let outcome = tracing::Instrument::instrument(
+        operator::run(client, config, metrics, readiness, shutdown.clone()),
+        span,
+    )
+    .await;
     shutdown.cancel();
     for server in servers {
         let _ = server.await;
@@ -350,11 +399,18 @@ async fn run(args: RunArgs) -> Result<()> {
 
 async fn check(args: CheckArgs) -> Result<i32> {
     let namespace = require_namespace(args.namespace)?;
-    let client = client().await?;
+    let (client, server) = client().await?;
     let required = rbac::required_rules(&args.role.rbac_options());
     let result = preflight::run(&client, &namespace, &required).await;
+    println!("API server {server}");
     print!("{}", result.report(&namespace));
-    Ok(if result.is_ok() { 0 } else { 1 })
+    Ok(if result.cannot_check.is_some() {
+        2
+    } else if result.is_ok() {
+        0
+    } else {
+        1
+    })
 }
 
 fn print_rbac(args: &RbacArgs) -> Result<()> {
@@ -385,8 +441,12 @@ pub async fn execute(cli: Cli) -> i32 {
     };
     match outcome {
         Ok(code) => code,
-        Err(err) => {
+        // Said once: as a log line where logging is set up (`run`), else on stderr.
+        Err(err) if telemetry::logging_installed() => {
             tracing::error!(error = %err, "bulkhead failed");
+            2
+        }
+        Err(err) => {
             eprintln!("error: {err}");
             2
         }
@@ -401,6 +461,19 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_shows_the_namespace_as_required() {
+        for sub in ["run", "check"] {
+            let mut cmd = Cli::command();
+            let usage = cmd
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_usage()
+                .to_string();
+            assert!(usage.contains("--namespace <NAMESPACE>"), "{sub}: {usage}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
-    #[error("Kubernetes API call failed: {0}")]
+    #[error("Kubernetes API call failed: {}", describe_kube(.0))]
     Kube(#[source] Box<kube::Error>),
 
     /// The API refused a call because the Role lacks a rule.
@@ -109,5 +109,76 @@ pub fn forbidden_as(err: kube::Error, action: impl Into<String>, rule: &str, fix
         }
     } else {
         Error::from(err)
+    }
+}
+
+/// A kube error as a person should read it: an API answer as `HTTP 401 Unauthorized: <its
+/// message>`, anything else as its chain of causes. Never `Debug` formatting (kube's own
+/// `Display` of an API error prints the whole `Status` structure).
+pub fn describe_kube(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                http::StatusCode::from_u16(status.code)
+                    .ok()
+                    .and_then(|c| c.canonical_reason())
+                    .unwrap_or("")
+                    .to_owned()
+            } else {
+                status.reason.clone()
+            };
+            format!("HTTP {} {reason}: {}", status.code, status.message)
+        }
+        // kube's own prefix ("ServiceError: ") says nothing to a user: start at the cause.
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            std::error::Error::source(err).map_or_else(|| err.to_string(), chain)
+        }
+        other => chain(other),
+    }
+}
+
+/// An error and its sources, `: `-separated, without a part the previous one already says.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+/// No HTTP answer at all: the API server could not be reached (refused, timed out, TLS).
+pub fn is_unreachable(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Service(_) | kube::Error::HyperError(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_answer_reads_as_code_reason_and_message_never_as_a_structure() {
+        let status = kube::core::Status {
+            code: 401,
+            message: "Unauthorized".into(),
+            reason: "Unauthorized".into(),
+            ..kube::core::Status::default()
+        };
+        let text = describe_kube(&kube::Error::Api(Box::new(status)));
+        assert_eq!(text, "HTTP 401 Unauthorized: Unauthorized");
+        let wrapped = Error::from(kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            message: "not found".into(),
+            ..kube::core::Status::default()
+        })));
+        let text = wrapped.to_string();
+        assert!(
+            !text.contains("Status {") && text.contains("HTTP 404 Not Found"),
+            "{text}"
+        );
     }
 }

@@ -9,14 +9,14 @@
 use std::fmt::Write as _;
 
 use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::Request;
 use kube::{Api, Client, Resource};
 
 use crate::api::credential::CredentialStatus;
 use crate::api::tenant::{CredentialCounts, IdentityStatus, TenantStatus};
 use crate::api::{Credential, Tenant};
-use crate::error::is_status;
+use crate::error::{describe_kube, is_status, is_unreachable};
 use crate::rbac::{self, GrantedRule, RightsReport, RoleRule};
 
 /// The outcome of the preflight.
@@ -28,18 +28,24 @@ pub struct Preflight {
     pub rights: Option<RightsReport>,
     /// The review could not be made.
     pub review_error: Option<String>,
+    /// The API server could not be reached or refused our credentials: nothing was checked.
+    pub cannot_check: Option<String>,
 }
 
 impl Preflight {
     /// Ready to reconcile: CRDs served and no needed right missing.
     pub fn is_ok(&self) -> bool {
-        self.crd_problems.is_empty()
+        self.cannot_check.is_none()
+            && self.crd_problems.is_empty()
             && self.review_error.is_none()
             && self.rights.as_ref().is_some_and(RightsReport::is_ok)
     }
 
     /// One line for `/readyz` and logs.
     pub fn summary(&self) -> String {
+        if let Some(why) = &self.cannot_check {
+            return why.clone();
+        }
         let mut parts = self.crd_problems.clone();
         if let Some(err) = &self.review_error {
             parts.push(err.clone());
@@ -60,6 +66,10 @@ impl Preflight {
     pub fn report(&self, namespace: &str) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "namespace {namespace}:");
+        if let Some(why) = &self.cannot_check {
+            let _ = writeln!(out, "  FAIL  {why}");
+            return out;
+        }
         if self.crd_problems.is_empty() {
             let _ = writeln!(
                 out,
@@ -107,8 +117,6 @@ pub trait StatusProbe:
     /// A status with every field this version writes set (conditions aside: they are a
     /// standard schema that has not changed).
     fn full_status() -> serde_json::Value;
-    /// The status of an object as the server returned it.
-    fn status_json(&self) -> serde_json::Value;
 }
 
 impl StatusProbe for Tenant {
@@ -130,9 +138,6 @@ impl StatusProbe for Tenant {
         })
         .unwrap_or_default()
     }
-    fn status_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.status).unwrap_or_default()
-    }
 }
 
 impl StatusProbe for Credential {
@@ -146,9 +151,6 @@ impl StatusProbe for Credential {
             key_id: Some("probe".into()),
         })
         .unwrap_or_default()
-    }
-    fn status_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.status).unwrap_or_default()
     }
 }
 
@@ -173,27 +175,44 @@ pub fn pruned_paths(
 
 /// Check that a kind is served by listing one object of it in the namespace, and that its
 /// schema keeps every status field this version writes.
-async fn check_served<K: StatusProbe>(client: &Client, namespace: &str) -> Option<String> {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+/// `Err`: nothing could be checked (see [`cannot_check`]).
+async fn check_served<K: StatusProbe>(
+    client: &Client,
+    namespace: &str,
+) -> Result<Option<String>, String> {
+    // Untyped: an object this binary cannot decode (written under a newer CRD bundle) must
+    // not fail the check; only its name and its status are read.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()));
     let plural = K::plural(&());
     let group = K::group(&());
     let existing = match api.list(&ListParams::default().limit(1)).await {
         Ok(list) => list.items.into_iter().next(),
+        Err(err) if cannot_check(&err).is_some() => {
+            return Err(cannot_check(&err).unwrap_or_default());
+        }
         Err(err) if is_status(&err, 404) => {
-            return Some(format!(
+            return Ok(Some(format!(
                 "CRD {plural}.{group} is not served: a cluster admin must install it with `kubectl apply --server-side -f crds-cluster/`"
-            ));
+            )));
         }
         Err(err) if is_status(&err, 403) => {
-            return Some(format!(
+            return Ok(Some(format!(
                 "cannot list {plural}.{group} in {namespace}: the Role lacks `list` on {plural} (install the chart's Role)"
-            ));
+            )));
         }
-        Err(err) => return Some(format!("cannot list {plural}.{group}: {err}")),
+        Err(err) => {
+            return Ok(Some(format!(
+                "cannot list {plural}.{group}: {}",
+                describe_kube(&err)
+            )));
+        }
     };
     // Without an object there is nothing to dry-run against (creating one needs rights the
     // operator does not have); the check runs again on the next start.
-    let name = existing.as_ref().and_then(|o| o.meta().name.clone())?;
+    let Some(name) = existing.as_ref().and_then(|o| o.meta().name.clone()) else {
+        return Ok(None);
+    };
     let sent = K::full_status();
     let probe = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -206,18 +225,19 @@ async fn check_served<K: StatusProbe>(client: &Client, namespace: &str) -> Optio
         .await
     {
         Ok(returned) => {
-            let pruned = pruned_paths("status", &sent, &returned.status_json());
-            (!pruned.is_empty()).then(|| format!(
+            let status = returned.data.get("status").cloned().unwrap_or_default();
+            let pruned = pruned_paths("status", &sent, &status);
+            Ok((!pruned.is_empty()).then(|| format!(
                 "CRD {plural}.{group} is older than this binary (version {}): it would drop {}; a cluster admin must apply crds-cluster/ of this version with `kubectl apply --server-side -f crds-cluster/`",
                 env!("CARGO_PKG_VERSION"),
                 pruned.join(", ")
-            ))
+            )))
         }
         // The rights check reports a missing `patch` on the status; other failures of this
         // probe must not block the operator on their own.
         Err(err) => {
-            tracing::warn!(error = %err, kind = %K::kind(&()), "the dry-run that detects an outdated CRD failed; skipping that check");
-            None
+            tracing::warn!(error = %describe_kube(&err), kind = %K::kind(&()), "the dry-run that detects an outdated CRD failed; skipping that check");
+            Ok(None)
         }
     }
 }
@@ -259,19 +279,52 @@ pub async fn review_rules(
 /// Run every preflight check.
 pub async fn run(client: &Client, namespace: &str, required: &[RoleRule]) -> Preflight {
     let mut preflight = Preflight::default();
-    preflight
-        .crd_problems
-        .extend(check_served::<Tenant>(client, namespace).await);
-    preflight
-        .crd_problems
-        .extend(check_served::<Credential>(client, namespace).await);
+    // One line when the server cannot be asked at all, not one per check.
+    for problem in [
+        check_served::<Tenant>(client, namespace).await,
+        check_served::<Credential>(client, namespace).await,
+    ] {
+        match problem {
+            Ok(problem) => preflight.crd_problems.extend(problem),
+            Err(why) => {
+                preflight.cannot_check = Some(why);
+                return preflight;
+            }
+        }
+    }
     match review_rules(client, namespace).await {
         Ok((granted, incomplete)) => {
             preflight.rights = Some(rbac::compare(required, &granted, incomplete))
         }
-        Err(err) => preflight.review_error = Some(format!("SelfSubjectRulesReview failed: {err}")),
+        Err(err) => match cannot_check(&err) {
+            Some(why) => preflight.cannot_check = Some(why),
+            None => {
+                preflight.review_error = Some(format!(
+                    "SelfSubjectRulesReview failed: {}",
+                    describe_kube(&err)
+                ))
+            }
+        },
     }
     preflight
+}
+
+/// Why nothing can be checked with this client: the API server is unreachable, or it refuses
+/// the credentials (401). `None` for an answer that is about one check.
+pub fn cannot_check(err: &kube::Error) -> Option<String> {
+    if is_unreachable(err) {
+        Some(format!(
+            "cannot reach the Kubernetes API server: {}",
+            describe_kube(err)
+        ))
+    } else if is_status(err, 401) {
+        Some(format!(
+            "the Kubernetes API server refused the credentials ({}); check the user and token of the kubeconfig context, or the ServiceAccount token",
+            describe_kube(err)
+        ))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -34,13 +34,22 @@ pub enum LogFormat {
 /// Install the global tracing subscriber. `level` is an `EnvFilter` directive (`info`,
 /// `bulkhead=debug,kube=info`, ...).
 pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+    // kube's HTTP layer logs every failed request at ERROR; the operator reports each failure
+    // itself, once, with what it means, so those lines stay off unless asked for by target.
+    let directives = if level.contains("kube_client") {
+        level.to_owned()
+    } else {
+        format!("{level},kube_client::client::builder=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
         crate::Error::Usage(format!(
             "--log-level {level:?} is not a valid filter ({e}); use e.g. info or bulkhead=debug,kube=warn"
         ))
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into a file or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder
@@ -53,7 +62,15 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
     };
     // A subscriber already installed (tests) is fine.
     drop(installed);
+    LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `init_logging` ran: errors then go to the log, not a second time to stderr.
+pub fn logging_installed() -> bool {
+    LOGGING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +102,11 @@ pub struct ControlPlaneLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -105,6 +127,8 @@ pub struct Metrics {
     pub credential_ready: Family<CredentialLabels, Gauge>,
     pub control_plane_requests: Family<ControlPlaneLabels, Counter>,
     pub identity_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Objects skipped because this binary cannot decode them (counted once per version).
+    pub undecodable: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -192,6 +216,12 @@ impl Default for Metrics {
             "Unix time the mTLS identity certificate expires (0 when none is loaded)",
             identity_expiry.clone(),
         );
+        let undecodable = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "undecodable_objects",
+            "Object versions skipped because this binary cannot decode them (CRD bundle newer than the binary?)",
+            undecodable.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -214,6 +244,7 @@ impl Default for Metrics {
             credential_ready,
             control_plane_requests,
             identity_expiry,
+            undecodable,
         }
     }
 }

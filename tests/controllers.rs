@@ -817,3 +817,121 @@ async fn a_target_not_granted_is_reported_from_the_first_reconcile() {
     assert_eq!(reason, "Forbidden");
     assert!(message.contains("Deployment/api"), "{message}");
 }
+
+/// A Credential as a newer CRD bundle could allow it: a `spec.type` this binary does not know.
+fn undecodable_credential(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Credential",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"type": "Certificate", "certificate": {"commonName": "api"}}
+    })
+}
+
+#[tokio::test]
+async fn an_undecodable_credential_is_reported_and_the_others_still_reconcile() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&tenant());
+    // Sorts first, so preflight's `list limit=1` meets it.
+    double.insert_json(
+        "bulkhead.dev",
+        "v1alpha1",
+        "credentials",
+        NS,
+        undecodable_credential("aaa-cert"),
+    );
+    double.insert(&credential("db", CredentialType::Random));
+    let op = start(&double, "a", options(), Settings::default());
+
+    eventually("ready despite the undecodable object", || {
+        op.readiness.reason().is_none().then_some(())
+    })
+    .await;
+    let first = eventually("db created", || secret_value(&double, "db", "value")).await;
+
+    let event = eventually("a Warning Event about aaa-cert", || {
+        double
+            .list_json("events.k8s.io", "events", NS)
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == "aaa-cert")
+    })
+    .await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "Undecodable");
+    assert_eq!(event["regarding"]["kind"], "Credential");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("spec.type") && note.contains("Certificate") && note.contains("newer"),
+        "{note}"
+    );
+    assert!(
+        op.metrics
+            .encode()
+            .contains("bulkhead_undecodable_objects_total{kind=\"Credential\"} 1"),
+        "{}",
+        op.metrics.encode()
+    );
+
+    // The others keep reconciling: a rotation and a new Credential go through.
+    request_rotation(&double, "db", "2026-01-01T00:00:00Z");
+    eventually("db rotated", || {
+        secret_value(&double, "db", "value").filter(|v| *v != first)
+    })
+    .await;
+    double.insert(&credential("api", CredentialType::KeySet));
+    eventually("api created", || double.get::<Secret>(NS, "api")).await;
+
+    // A decodable Credential edited into an undecodable one leaves the cache: nothing acts
+    // on its outdated spec, and it is reported once more.
+    double.insert_json(
+        "bulkhead.dev",
+        "v1alpha1",
+        "credentials",
+        NS,
+        undecodable_credential("db"),
+    );
+    eventually("db reported", || {
+        double
+            .list_json("events.k8s.io", "events", NS)
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == "db" && e["reason"] == "Undecodable")
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_tenant_is_reported_and_credentials_still_reconcile() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    // contacts as a string: what a later schema could allow, this binary cannot decode.
+    double.insert_json(
+        "bulkhead.dev",
+        "v1alpha1",
+        "tenants",
+        NS,
+        json!({
+            "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "tenant", "namespace": NS},
+            "spec": {"contacts": "team-a@example.com"}
+        }),
+    );
+    double.insert(&credential("db", CredentialType::Random));
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("db created", || secret_value(&double, "db", "value")).await;
+    let event = eventually("a Warning Event about the Tenant", || {
+        double
+            .list_json("events.k8s.io", "events", NS)
+            .into_iter()
+            .find(|e| e["regarding"]["kind"] == "Tenant" && e["reason"] == "Undecodable")
+    })
+    .await;
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("spec.contacts"), "{note}");
+    assert!(
+        op.metrics
+            .encode()
+            .contains("bulkhead_undecodable_objects_total{kind=\"Tenant\"} 1")
+    );
+    op.stop().await;
+}

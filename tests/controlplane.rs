@@ -824,3 +824,76 @@ async fn nothing_is_issued_once_the_tenant_is_gone() {
     );
     op.stop().await;
 }
+
+/// Token requests to the control plane so far.
+fn token_requests(cp: &DevControlPlane) -> usize {
+    cp.requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/tokens"))
+        .count()
+}
+
+/// Status writes of one Credential so far.
+fn status_writes(double: &ApiDouble, name: &str) -> usize {
+    double
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "patch" && r.path.ends_with(&format!("/credentials/{name}/status")))
+        .count()
+}
+
+/// A persistent fault on the token call, watched for `window`: the requests made must fit the
+/// per-object backoff schedule (1 s doubling) times the client's attempts per call, however the
+/// answer's text changes from one attempt to the next.
+async fn requests_under_a_persistent_fault(fault: Fault) -> (usize, usize, String) {
+    let w = world().await;
+    w.cp.fail_next(
+        FaultMatch::new(Method::POST, "/v1/tenants/team-a/tokens"),
+        fault,
+        100_000,
+    );
+    let (double, _, op) = linked_operator(
+        &w,
+        json!({}),
+        &[("jobs", CredentialType::ControlPlaneToken)],
+    );
+    let (_, reason, _) = eventually("the failure is reported", || {
+        condition_of(&double, "jobs", "Ready").filter(|(s, ..)| s == "False")
+    })
+    .await;
+    let (before_requests, before_writes) = (token_requests(&w.cp), status_writes(&double, "jobs"));
+    // Reconciles start at about 0, 1, 3 and 7 s after the first failure.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let requests = token_requests(&w.cp) - before_requests;
+    let writes = status_writes(&double, "jobs") - before_writes;
+    op.stop().await;
+    (requests, writes, reason)
+}
+
+fn condition_of(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let c: Credential = double.get(NS, name)?;
+    let cond = c.status?.conditions.find(type_)?.clone();
+    Some((cond.status, cond.reason, cond.message))
+}
+
+#[tokio::test]
+async fn a_5xx_with_a_changing_detail_is_retried_on_the_backoff_schedule_only() {
+    let (requests, writes, _) = requests_under_a_persistent_fault(Fault::Changing {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+    })
+    .await;
+    // Within 6 s of the first failure: reconciles at ~1 s and ~3 s (the one at ~7 s may just
+    // start), 4 attempts each. Without the bound this was hundreds.
+    assert!(requests <= 3 * 4, "{requests} token requests in 6 s");
+    assert!(writes <= 3, "{writes} status writes in 6 s");
+}
+
+#[tokio::test]
+async fn a_429_with_a_date_retry_after_is_retried_on_the_backoff_schedule_only() {
+    // Longer than the client waits within a call: each answer is handed back and requeued
+    // at the time it names (3 to 4 s ahead), so about two calls fit in 6 s.
+    let (requests, writes, _) =
+        requests_under_a_persistent_fault(Fault::RetryAtDate { seconds: 4 }).await;
+    assert!(requests <= 3, "{requests} token requests in 6 s");
+    assert!(writes <= 3, "{writes} status writes in 6 s");
+}

@@ -95,7 +95,7 @@ fn every_cel_rule_has_a_message() {
     walk(&schema::<Tenant>(), &mut rules);
     walk(&schema::<Credential>(), &mut rules);
     assert_eq!(
-        rules, 17,
+        rules, 19,
         "a new rule needs accepting and rejecting cases in this file"
     );
 }
@@ -284,6 +284,36 @@ fn credential_rotation_needs_exactly_one_of_every_or_schedule() {
 }
 
 #[test]
+fn credential_schedules_that_never_fire_are_refused_at_admission() {
+    for never in [
+        ", * * * *",
+        "0,,5 * * * *",
+        "0 3, * * *",
+        "0 0 31 2 *",
+        "0 0 30 FEB ?",
+        "0 0 31 4 *",
+        "0 0 31 nov *",
+    ] {
+        assert_rejected::<Credential>(
+            &random(json!({"rotation": {"schedule": never}})),
+            None,
+            "never fires",
+        );
+    }
+    // Close, but they fire: the leap day, the 31st of a long month, a weekday in February,
+    // and lists written properly.
+    for fires in [
+        "0 0 29 2 *",
+        "0 0 31 12 *",
+        "0 0 31 2 1",
+        "0,30 3 * * 1",
+        "0 0 L 2 *",
+    ] {
+        assert_accepted::<Credential>(&random(json!({"rotation": {"schedule": fires}})), None);
+    }
+}
+
+#[test]
 fn control_plane_token_bounds_and_no_rotation() {
     let token = |ttl: &str| {
         credential(
@@ -399,6 +429,18 @@ fn structural_bounds_are_in_the_schema() {
         s["properties"]["spec"]["properties"]["deletionPolicy"]["enum"],
         json!(["Delete", "Retain"])
     );
+}
+
+#[test]
+fn condition_messages_are_bounded_in_the_schema() {
+    for (kind, s) in [
+        ("Tenant", schema::<Tenant>()),
+        ("Credential", schema::<Credential>()),
+    ] {
+        let message = &s["properties"]["status"]["properties"]["conditions"]["items"]["properties"]
+            ["message"];
+        assert_eq!(message["maxLength"].as_u64(), Some(32768), "{kind}");
+    }
 }
 
 /// A tiny evaluator for the JSONPath forms printer columns use: `.a.b` and

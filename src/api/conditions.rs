@@ -48,9 +48,26 @@ impl DesiredCondition {
             type_,
             status,
             reason: reason.into(),
-            message: message.into(),
+            message: bounded(message.into(), MESSAGE_MAX),
         }
     }
+}
+
+/// The longest condition message Bulkhead writes, in bytes (the schema allows metav1's 32768
+/// for other writers): text quoted from elsewhere (a control plane's problem) is cut here.
+pub const MESSAGE_MAX: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// Helpers on a list of conditions.
@@ -161,6 +178,19 @@ mod tests {
         assert_eq!(conds[0].last_transition_time, Time(at(100)));
         assert_eq!(transitions.len(), 1);
         assert_eq!(transitions[0].from, None);
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MESSAGE_MAX);
+        let cut = DesiredCondition::new("Ready", ConditionStatus::False, "R", long).message;
+        assert!(
+            cut.len() <= MESSAGE_MAX && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(bounded("short".into(), 10), "short");
+        assert_eq!(bounded("0123456789abc".into(), 10), "0123456…");
     }
 
     #[test]

@@ -256,6 +256,8 @@ pub struct RotationSpec {
     /// day-of-week), e.g. "0 3 * * 1" for Mondays at 03:00.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^\\\\s*[0-9*,/-]+\\\\s+[0-9*,/-]+\\\\s+[0-9*,/?LW-]+\\\\s+([0-9*,/-]+|[A-Za-z]{3})\\\\s+([0-9*,/?L#-]+|[A-Za-z]{3}(-[A-Za-z]{3})?)\\\\s*$')").message("spec.rotation.schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week), such as '0 3 * * 1'"))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|[\\\\s,]),|,($|[\\\\s,])')").message("spec.rotation.schedule has an empty list item (a ',' with nothing before or after it): that field selects nothing, so the schedule never fires; write e.g. '0,30 3 * * 1'"))]
+    #[x_kube(validation = Rule::new("!self.matches('^\\\\s*\\\\S+\\\\s+\\\\S+\\\\s+(30|31)\\\\s+(0?2|(?i:feb))\\\\s+[*?]\\\\s*$') && !self.matches('^\\\\s*\\\\S+\\\\s+\\\\S+\\\\s+31\\\\s+(0?[469]|11|(?i:apr|jun|sep|nov))\\\\s+[*?]\\\\s*$')").message("spec.rotation.schedule names a day that month never has (February 30 or 31, or the 31st of April, June, September or November), so it never fires; use e.g. 'L' for the last day of the month"))]
     pub schedule: Option<String>,
 
     /// Keep the previous value next to the new one after a rotation (`value.previous` for

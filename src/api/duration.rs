@@ -71,11 +71,25 @@ pub fn format(duration: Duration) -> String {
     if secs > 0 {
         out.push_str(&format!("{secs}s"));
     }
+    // Milliseconds too: dropping them printed 2250ms as 2s (found by the duration fuzz target).
+    let millis = duration.subsec_millis();
+    if millis > 0 {
+        out.push_str(&format!("{millis}ms"));
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn format_keeps_milliseconds_past_a_second() {
+        for text in ["2250ms", "1h30m", "90m1ms", "59s999ms"] {
+            let d = parse(text).unwrap();
+            assert_eq!(parse(&format(d)).unwrap(), d, "{text} -> {}", format(d));
+        }
+        assert_eq!(format(parse("2250ms").unwrap()), "2s250ms");
+    }
+
     use super::*;
 
     #[test]

@@ -7,10 +7,12 @@
 pub mod conditions;
 pub mod credential;
 pub mod duration;
+pub mod guard;
 pub mod tenant;
 
 pub use conditions::{ConditionSet, ConditionStatus};
 pub use credential::{Credential, CredentialSpec, CredentialStatus, CredentialType};
+pub use guard::{Guarded, Undecodable};
 pub use tenant::{Tenant, TenantSpec, TenantStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -50,7 +52,7 @@ pub(crate) fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::
                 "type": {"type": "string", "description": "Type of condition in CamelCase."},
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "Status of the condition."},
                 "reason": {"type": "string", "description": "Machine-readable CamelCase reason for the last transition."},
-                "message": {"type": "string", "description": "Human-readable details about the last transition."},
+                "message": {"type": "string", "maxLength": 32768, "description": "Human-readable details about the last transition."},
                 "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When the condition last changed status."},
                 "observedGeneration": {"type": "integer", "format": "int64", "description": "metadata.generation the condition was computed from."}
             }

@@ -10,20 +10,22 @@ pub mod credential;
 pub mod restart;
 pub mod tenant;
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::Secret;
+use futures::{Stream, StreamExt, TryStreamExt, future};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, controller::Action, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller::Action, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::conditions::{ConditionStatus, Transition};
-use crate::api::{Credential, Tenant};
+use crate::api::{Credential, Guarded, Tenant, Undecodable};
 use crate::resources;
 use crate::telemetry::Metrics;
 use crate::{Error, Result};
@@ -142,14 +144,28 @@ impl Context {
     ) where
         K: Resource<DynamicType = ()>,
     {
+        self.publish_to(&object.object_ref(&()), type_, reason, action, note)
+            .await;
+    }
+
+    /// Publish an Event about the object `regarding` names.
+    pub async fn publish_to(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            // events.k8s.io refuses a note over 1 kB.
+            note: Some(crate::api::conditions::bounded(note, 1024)),
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(err) = self.recorder.publish(&event, regarding).await {
             tracing::warn!(error = %err, reason, "cannot publish Event");
         }
     }
@@ -218,9 +234,14 @@ where
     let delay = error
         .retry_after()
         .map_or(backoff, |wait| wait.max(backoff));
+    let detail = match error {
+        Error::ControlPlane(e) => e.detail(),
+        _ => None,
+    };
     tracing::warn!(
         object = %key,
         error = %error,
+        detail,
         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         "reconcile failed"
     );
@@ -236,29 +257,34 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let credentials_api: Api<Credential> = Api::namespaced(client.clone(), &namespace);
-    let tenants_api: Api<Tenant> = Api::namespaced(client.clone(), &namespace);
+    let (undecodable_tx, undecodable_rx) = tokio::sync::mpsc::unbounded_channel();
 
     let (reader, writer) = reflector::store_shared::<Credential>(256);
-    let subscribe = |w: &reflector::store::Writer<Credential>| {
-        w.subscribe().ok_or_else(|| {
-            Error::Config("shared Credential store has no subscriber handle".to_owned())
-        })
-    };
-    let credential_changes = subscribe(&writer)?;
-    let credentials_to_reconcile = subscribe(&writer)?;
-    // Drives the one Credential watch of this instance; subscribers see every applied object.
-    let credential_watch = watcher(credentials_api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        // managedFields are most of an object's size and nothing here reads them.
-        .modify(|credential| credential.managed_fields_mut().clear())
-        .reflect_shared(writer)
-        .for_each(|event| {
-            if let Err(err) = event {
-                tracing::warn!(error = %err, "Credential watch error; retrying with backoff");
-            }
-            future::ready(())
-        });
+    let credential_changes = writer.subscribe().ok_or_else(|| {
+        Error::Config("shared Credential store has no subscriber handle".to_owned())
+    })?;
+    // The one Credential watch of this instance: it fills the shared cache (whose subscriber
+    // drives the Tenant's counts) and triggers the Credential controller.
+    let credential_sift = Sift::new(reader.clone(), metrics.clone(), undecodable_tx.clone());
+    let credential_triggers =
+        guarded_watch::<Credential>(Api::namespaced(client.clone(), &namespace), credential_sift)
+            .reflect_shared(writer)
+            .touched_objects()
+            .predicate_filter(reconcile_trigger, PredicateConfig::default())
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "Credential watch error; retrying with backoff"),
+            );
+
+    let (tenant_reader, tenant_writer) = reflector::store::<Tenant>();
+    let tenant_sift = Sift::new(tenant_reader.clone(), metrics.clone(), undecodable_tx);
+    let tenant_triggers =
+        guarded_watch::<Tenant>(Api::namespaced(client.clone(), &namespace), tenant_sift)
+            .reflect(tenant_writer)
+            .touched_objects()
+            .predicate_filter(reconcile_trigger, PredicateConfig::default())
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "Tenant watch error; retrying with backoff"),
+            );
 
     let watch_secrets = settings.watch_managed_secrets;
     // The identity Secret, watched by name: the Role grants list/watch on this one only.
@@ -279,7 +305,7 @@ pub async fn run(
             Err(err) => Some(Err(err)),
         })
     });
-    let tenant_base = Controller::new(tenants_api, watcher::Config::default().any_semantic());
+    let tenant_base = Controller::for_stream(tenant_triggers, tenant_reader.clone());
     let ctx = Arc::new(Context::new(
         client.clone(),
         namespace.clone(),
@@ -287,13 +313,13 @@ pub async fn run(
         instance,
         Stores {
             credentials: reader.clone(),
-            tenants: tenant_base.store(),
+            tenants: tenant_reader,
             identity: identity_reader,
         },
         settings,
     ));
 
-    let mut credential_controller = Controller::for_shared_stream(credentials_to_reconcile, reader)
+    let mut credential_controller = Controller::for_stream(credential_triggers, reader)
         // A cold start with many Credentials must not run them all at once: memory (and the
         // API server's load) stays bounded by this many reconciles in flight.
         .with_config(
@@ -337,11 +363,162 @@ pub async fn run(
         .run(tenant::reconcile, error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
+    let undecodable_reports = report_undecodable(ctx.clone(), undecodable_rx);
+
     tokio::select! {
         () = tenant_controller => {}
         () = credential_controller => {}
-        () = credential_watch => {}
+        () = undecodable_reports => {}
         () = shutdown.cancelled() => {}
     }
     Ok(())
 }
+
+/// What triggers a reconcile from an object's own watch: a change of its spec (generation), its
+/// labels or annotations (the rotate annotation among them), or its deletion being requested.
+/// Status-only changes, such as a reconcile's own status write, do not: a failing reconcile is
+/// retried on its backoff schedule, not at once because it wrote its status.
+pub fn reconcile_trigger<K: Resource>(object: &K) -> Option<u64> {
+    let meta = object.meta();
+    let mut hasher = DefaultHasher::new();
+    (
+        meta.generation,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// A watch of `K` that decodes each object on its own: the undecodable ones are reported
+/// (see [`Sift`]) and left out, every other one flows on.
+fn guarded_watch<K>(
+    api: Api<Guarded<K>>,
+    mut sift: Sift<K>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            future::ready(match event {
+                Ok(event) => sift.event(event).map(Ok),
+                Err(err) => Some(Err(err)),
+            })
+        })
+        // managedFields are most of an object's size and nothing here reads them.
+        .modify(|object| object.managed_fields_mut().clear())
+}
+
+/// Separates the objects this binary can decode from those it cannot. Each undecodable object
+/// version gets one log line, one count in `bulkhead_undecodable_objects_total` and one Warning
+/// Event; a decoded version that turns undecodable leaves the cache, so nothing acts on its
+/// outdated spec.
+struct Sift<K: Resource<DynamicType = ()> + Clone + 'static> {
+    cache: Store<K>,
+    metrics: Arc<Metrics>,
+    events: tokio::sync::mpsc::UnboundedSender<(ObjectReference, String)>,
+    /// uid -> resourceVersion already reported.
+    reported: HashMap<String, String>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Sift<K> {
+    fn new(
+        cache: Store<K>,
+        metrics: Arc<Metrics>,
+        events: tokio::sync::mpsc::UnboundedSender<(ObjectReference, String)>,
+    ) -> Self {
+        Self {
+            cache,
+            metrics,
+            events,
+            reported: HashMap::new(),
+        }
+    }
+
+    fn event(&mut self, event: watcher::Event<Guarded<K>>) -> Option<watcher::Event<K>> {
+        use watcher::Event as E;
+        match event {
+            E::Init => Some(E::Init),
+            E::InitDone => Some(E::InitDone),
+            // Left out of a re-list, it leaves the cache when the re-list completes.
+            E::InitApply(Guarded(object)) => object
+                .map_err(|bad| self.report(&bad))
+                .ok()
+                .map(E::InitApply),
+            E::Apply(Guarded(Ok(object))) => Some(E::Apply(object)),
+            E::Apply(Guarded(Err(bad))) => {
+                self.report(&bad);
+                self.cached(&bad).map(E::Delete)
+            }
+            E::Delete(Guarded(Ok(object))) => Some(E::Delete(object)),
+            E::Delete(Guarded(Err(bad))) => {
+                if let Some(uid) = &bad.metadata.uid {
+                    self.reported.remove(uid);
+                }
+                self.cached(&bad).map(E::Delete)
+            }
+        }
+    }
+
+    /// The cached (decodable) version of an object that is now undecodable.
+    fn cached(&self, bad: &Undecodable) -> Option<K> {
+        let name = bad.metadata.name.as_deref()?;
+        let mut key = ObjectRef::<K>::new(name);
+        if let Some(ns) = &bad.metadata.namespace {
+            key = key.within(ns);
+        }
+        self.cache.get(&key).map(|object| object.as_ref().clone())
+    }
+
+    fn report(&mut self, bad: &Undecodable) {
+        let version = bad.metadata.resource_version.clone().unwrap_or_default();
+        let uid = bad.metadata.uid.clone().unwrap_or_default();
+        if self.reported.get(&uid) == Some(&version) {
+            return;
+        }
+        self.reported.insert(uid, version);
+        let kind = K::kind(&());
+        tracing::warn!(
+            kind = %kind,
+            name = bad.metadata.name.as_deref().unwrap_or("?"),
+            field = %bad.field,
+            error = %bad.error,
+            "cannot decode this object (CRD bundle newer than the binary?); skipping it, every other object is reconciled"
+        );
+        self.metrics
+            .undecodable
+            .get_or_create(&crate::telemetry::KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+        let regarding = Guarded::<K>(Err(bad.clone())).object_ref(&());
+        // The receiver lives as long as the controllers; a closed one means shutdown.
+        let _ = self.events.send((regarding, bad.explain(&kind)));
+    }
+}
+
+/// Publish the Warning Event of each undecodable object (Events are written by the leader,
+/// which is the only one running controllers).
+async fn report_undecodable(
+    ctx: Arc<Context>,
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<(ObjectReference, String)>,
+) {
+    while let Some((regarding, note)) = reports.recv().await {
+        ctx.publish_to(&regarding, EventType::Warning, UNDECODABLE, "Decode", note)
+            .await;
+    }
+    // Every sender is gone only when both watches are: park, the controllers end the run.
+    future::pending::<()>().await;
+}
+
+/// The reason of the Event about an object this binary cannot decode.
+pub const UNDECODABLE: &str = "Undecodable";

@@ -22,11 +22,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::identity::Identity;
+use crate::api::conditions::bounded;
 use crate::api::tenant::CredentialCounts;
 use crate::telemetry::{ControlPlaneLabels, Metrics};
 
 /// Largest response body read (problems and records are small).
 const MAX_BODY: usize = 1 << 20;
+
+/// The longest `Retry-After` honoured: a longer (or absurd) one waits this long, so heartbeats
+/// and token refreshes are never stalled by one answer. Equal to the per-object backoff cap.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Longest problem `title` and `detail` kept (bytes): they reach conditions and Events.
+const MAX_PROBLEM_TITLE: usize = 200;
+const MAX_PROBLEM_DETAIL: usize = 512;
 
 /// Timeouts and retry bounds.
 #[derive(Clone, Debug)]
@@ -98,13 +107,17 @@ pub enum ControlPlaneError {
         status: u16,
         problem: Problem,
     },
-    #[error("the control plane asked to retry {operation} after {retry_after:?} (HTTP 429)")]
+    // No wait in the text: a date-form Retry-After gives a new one on every attempt, and a
+    // condition message must not change per attempt.
+    #[error("the control plane is rate-limiting {operation} (HTTP 429); retrying when it asked to")]
     RateLimited {
         operation: &'static str,
         retry_after: Duration,
     },
+    // The title only: a server error's detail often carries a request id (logged instead).
     #[error(
-        "the control plane failed {operation} with HTTP {status} after {attempts} attempts: {problem}"
+        "the control plane failed {operation} with HTTP {status} after {attempts} attempts: {}",
+        problem.title.as_deref().unwrap_or("no problem details")
     )]
     Unavailable {
         operation: &'static str,
@@ -133,6 +146,14 @@ impl ControlPlaneError {
             Self::RateLimited { .. } => "RateLimited",
             Self::Unavailable { .. } => "ServerError",
             Self::Protocol { .. } => "ProtocolError",
+        }
+    }
+
+    /// Per-attempt text left out of the message (a server error's detail), for logs.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Unavailable { problem, .. } => problem.detail.as_deref(),
+            _ => None,
         }
     }
 
@@ -616,14 +637,16 @@ fn jitter() -> f64 {
     0.5 + f64::from(byte[0]) / 510.0
 }
 
-/// `Retry-After` as seconds or an HTTP date, relative to `now`.
+/// `Retry-After` as seconds or an HTTP date, relative to `now`, at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
+    let wait = if let Ok(seconds) = value.parse::<u64>() {
+        Duration::from_secs(seconds)
+    } else {
+        let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+        Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// An ETag for a revision (quoted, as `If-Match` expects).
@@ -635,12 +658,16 @@ pub fn etag(revision: &str) -> String {
     }
 }
 
+/// The answer's RFC 7807 problem, its texts cut to a size a condition or Event can carry.
 fn problem(answer: &Answer) -> Problem {
-    serde_json::from_slice(&answer.body).unwrap_or_else(|_| Problem {
+    let mut problem: Problem = serde_json::from_slice(&answer.body).unwrap_or_else(|_| Problem {
         status: Some(answer.status.as_u16()),
         title: answer.status.canonical_reason().map(str::to_owned),
         ..Problem::default()
-    })
+    });
+    problem.title = problem.title.map(|t| bounded(t, MAX_PROBLEM_TITLE));
+    problem.detail = problem.detail.map(|d| bounded(d, MAX_PROBLEM_DETAIL));
+    problem
 }
 
 fn json<T: DeserializeOwned>(operation: &'static str, answer: &Answer) -> Result<T> {
@@ -714,6 +741,52 @@ mod tests {
             let j = jitter();
             assert!((0.5..=1.0).contains(&j), "{j}");
         }
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(retry_after(&h, now), Some(MAX_RETRY_AFTER));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Fri, 01 Jan 2100 00:00:00 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn problem_texts_are_cut_and_server_error_details_stay_out_of_the_message() {
+        let body = serde_json::json!({"title": "t".repeat(5000), "detail": "d".repeat(1 << 19)});
+        let answer = Answer {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        };
+        let p = problem(&answer);
+        assert!(p.title.as_ref().unwrap().len() <= MAX_PROBLEM_TITLE);
+        assert!(p.detail.as_ref().unwrap().len() <= MAX_PROBLEM_DETAIL);
+        let err = ControlPlaneError::Unavailable {
+            operation: "token",
+            status: 503,
+            attempts: 4,
+            problem: Problem {
+                title: Some("Service Unavailable".into()),
+                detail: Some("request id 1234".into()),
+                ..Problem::default()
+            },
+        };
+        assert!(!err.to_string().contains("1234"), "{err}");
+        assert_eq!(err.detail(), Some("request id 1234"));
+        let limited = ControlPlaneError::RateLimited {
+            operation: "token",
+            retry_after: Duration::from_millis(1234),
+        };
+        assert!(!limited.to_string().contains("1.2"), "{limited}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 #[path = "../support/cluster.rs"]
 mod cluster;
 
+mod bad_input;
 mod chaos;
 mod data_safety;
 mod demo;

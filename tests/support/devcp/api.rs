@@ -200,6 +200,38 @@ pub fn fault_response(fault: &Fault) -> Response {
             }
             response
         }
+        Fault::Changing { status } => {
+            static ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let id = ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let title = status.canonical_reason().unwrap_or("Injected fault");
+            problem(
+                *status,
+                "injected-fault",
+                title,
+                &format!("request id {id:08x} failed"),
+            )
+            .into_response()
+        }
+        Fault::RetryAtDate { seconds } => {
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too Many Requests",
+                "slow down",
+            )
+            .into_response();
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(*seconds))
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            let date = jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&at);
+            if let Ok(value) = date
+                .map_err(|_| ())
+                .and_then(|d| HeaderValue::from_str(&d).map_err(|_| ()))
+            {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+            response
+        }
     }
 }
 

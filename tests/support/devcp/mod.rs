@@ -103,6 +103,12 @@ pub enum Fault {
         status: StatusCode,
         retry_after: Option<u64>,
     },
+    /// This status with a problem whose detail differs on every answer (a request id), as
+    /// real servers write them.
+    Changing { status: StatusCode },
+    /// 429 with `Retry-After` as an HTTP date this many seconds ahead (the form whose
+    /// computed wait differs on every answer).
+    RetryAtDate { seconds: i64 },
 }
 
 struct Running {
