@@ -18,6 +18,8 @@
 #                                       built into its own target directory under
 #                                       $BULKHEAD_BENCH_PROFILE_TARGET (default target/bench-profiles)
 #
+# BULKHEAD_BENCH_OPERATOR=path measures that binary instead of building one.
+#
 # The operator is measured as shipped: built with the release profile and run from a private
 # copy (see hack/e2e.sh). The harness itself (tests/bench.rs) is built with the dev profile:
 # it is not what is measured, and a release build of it would compile every dependency again.
@@ -85,8 +87,14 @@ if [[ "$mode" == profiles ]]; then
   exit 0
 fi
 
-cargo build --locked --release --bin bulkhead
-cp "$target_dir/release/bulkhead" "$work/bulkhead"
+if [[ -n "${BULKHEAD_BENCH_OPERATOR:-}" ]]; then
+  # A build made elsewhere (e.g. by `profiles`, with the same settings as [profile.release]).
+  echo "bench: measuring $BULKHEAD_BENCH_OPERATOR (not building)" >&2
+  cp "$BULKHEAD_BENCH_OPERATOR" "$work/bulkhead"
+else
+  cargo build --locked --release --bin bulkhead
+  cp "$target_dir/release/bulkhead" "$work/bulkhead"
+fi
 export BULKHEAD_E2E_OPERATOR="$work/bulkhead"
 
 case "$mode" in

@@ -990,6 +990,7 @@ async fn fleet() {
     let etcd_cpu_s = (etcd_cpu() - etcd_before) as f64 / ticks;
     let apiserver_rss = cluster.apiserver_process().map_or(0, |p| p.rss_kib());
     let etcd_rss = cluster.etcd_process().map_or(0, |p| p.rss_kib());
+    let pss: u64 = fleet.iter().map(|o| o.process.rollup_kib("Pss")).sum();
     let per: Vec<u64> = fleet.iter().map(|o| o.process.rss_kib()).collect();
     let (min, max) = (
         per.iter().copied().min().unwrap_or(0),
@@ -1026,6 +1027,12 @@ async fn fleet() {
         "| idle RssAnon (private) | {:.1} MiB | {:.2} MiB |",
         mib(idle.anon_kib),
         mib(idle.anon_kib) / nf
+    );
+    let _ = writeln!(
+        t,
+        "| idle Pss (the binary's pages, shared on one machine, counted once in total) | {:.1} MiB | {:.2} MiB |",
+        mib(pss),
+        mib(pss) / nf
     );
     let _ = writeln!(
         t,

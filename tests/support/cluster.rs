@@ -311,6 +311,17 @@ impl Process {
             .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
+    /// A KiB field of /proc/<pid>/smaps_rollup: Pss (proportional: pages shared by N processes
+    /// count 1/N each), Pss_Anon, Pss_File, ...
+    pub fn rollup_kib(&self, field: &str) -> u64 {
+        let rollup = fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid())).unwrap();
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/smaps_rollup"))
+    }
+
     /// User plus system CPU time so far, in clock ticks (utime + stime of /proc/<pid>/stat).
     pub fn cpu_ticks(&self) -> u64 {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
