@@ -14,7 +14,7 @@
 #                                       namespace, default 5)
 #        hack/bench.sh knobs            idle RSS under runtime/allocator knobs (environment only)
 #        hack/bench.sh profiles [V...]  idle memory of release builds with other profile settings
-#                                       (V: today strip-abort lto opt-s; default all), each
+#                                       (V: today strip lto lto-abort opt-s; default all), each
 #                                       built into its own target directory under
 #                                       $BULKHEAD_BENCH_PROFILE_TARGET (default target/bench-profiles)
 #
@@ -62,13 +62,14 @@ if [[ "$mode" == profiles ]]; then
   # Cargo.toml's [profile.release] says today (the CARGO_PROFILE_RELEASE_* variables override it).
   declare -A variants=(
     [today]="OPT_LEVEL=3 STRIP=debuginfo PANIC=unwind LTO=false CODEGEN_UNITS=16"
-    [strip-abort]="OPT_LEVEL=3 STRIP=symbols PANIC=abort LTO=false CODEGEN_UNITS=16"
-    [lto]="OPT_LEVEL=3 STRIP=symbols PANIC=abort LTO=fat CODEGEN_UNITS=1"
-    [opt-s]="OPT_LEVEL=s STRIP=symbols PANIC=abort LTO=fat CODEGEN_UNITS=1"
+    [strip]="OPT_LEVEL=3 STRIP=symbols PANIC=unwind LTO=false CODEGEN_UNITS=16"
+    [lto]="OPT_LEVEL=3 STRIP=symbols PANIC=unwind LTO=fat CODEGEN_UNITS=1"
+    [lto-abort]="OPT_LEVEL=3 STRIP=symbols PANIC=abort LTO=fat CODEGEN_UNITS=1"
+    [opt-s]="OPT_LEVEL=s STRIP=symbols PANIC=unwind LTO=fat CODEGEN_UNITS=1"
   )
   shift
   names=("$@")
-  [[ ${#names[@]} -gt 0 ]] || names=(today strip-abort lto opt-s)
+  [[ ${#names[@]} -gt 0 ]] || names=(today strip lto lto-abort opt-s)
   base="${BULKHEAD_BENCH_PROFILE_TARGET:-$target_dir/bench-profiles}"
   list=""
   for name in "${names[@]}"; do
