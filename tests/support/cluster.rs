@@ -39,7 +39,8 @@ pub const ENV_KEEP: &str = "BULKHEAD_E2E_KEEP";
 
 /// The service account issuer; `kubectl create token` tokens carry it.
 const ISSUER: &str = "https://kubernetes.default.svc";
-const SERVICE_CIDR: &str = "10.0.0.0/24";
+/// A /16: a fleet of hundreds of releases has a Service (a ClusterIP) each; a /24 runs out at 254.
+const SERVICE_CIDR: &str = "10.0.0.0/16";
 
 /// The control-plane binaries.
 #[derive(Clone, Debug)]
