@@ -1110,7 +1110,8 @@ async fn idle_memory_of_builds() {
     let spec = std::env::var("BULKHEAD_BENCH_BINARIES")
         .expect("BULKHEAD_BENCH_BINARIES: label=path[ NAME=VALUE...];... (see hack/bench.sh)");
     let rounds = env_number("BULKHEAD_BENCH_ROUNDS", 3).max(1);
-    let variants: Vec<(String, std::path::PathBuf, Vec<(String, String)>)> = spec
+    type Build = (String, std::path::PathBuf, Vec<(String, String)>);
+    let variants: Vec<Build> = spec
         .split(';')
         .filter(|e| !e.trim().is_empty())
         .map(|entry| {
