@@ -2,10 +2,13 @@
 //! the chart applied into team namespaces, the operator as a local process with its
 //! ServiceAccount's token and the chart's defaults (30 s Lease, 10 min drift re-check).
 //!
-//! Measured per instance: start-up to ready, idle RSS and CPU with 0/100/1000 Credentials,
-//! API requests per minute at steady state (from the audit log, by the ServiceAccount), Lease
-//! writes per minute, create→Secret latency over 200 Credentials; then 20 instances in 20
-//! namespaces at once. Prints a markdown table. Ignored by default; run `hack/bench.sh`.
+//! Measured per instance (`per_instance_cost`): start-up to ready, idle VmRSS, RssAnon and CPU
+//! with 0/100/1000 Credentials, API requests and writes per minute at steady state (from the
+//! audit log, by the ServiceAccount), create→Secret latency over 200 Credentials, a cold
+//! restart with 1000, and memory and requests before and after 2000 foreign 64 KiB Secrets.
+//! `fleet`: N instances in N namespaces on one API server. `idle_memory_of_builds`: idle
+//! memory of several builds of the binary (the release profile). Each prints markdown tables.
+//! Ignored by default; run `hack/bench.sh` (see its usage).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/cluster.rs"]
@@ -17,18 +20,24 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead::api::Credential;
-use cluster::{Binaries, Cluster, Operator, OperatorOptions, Release, random_credential};
+use bulkhead::api::{Credential, Tenant};
+use cluster::{
+    Binaries, Cluster, GroupWatchdog, Operator, OperatorOptions, Release, random_credential,
+};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=bulkhead";
-/// How long each idle window lasts.
-const IDLE: Duration = Duration::from_secs(60);
+/// How long each idle window lasts: 60 s, or `BULKHEAD_BENCH_IDLE_SECONDS` (a quick trial of
+/// the bench itself; the README's figures use the default).
+fn idle_length() -> Duration {
+    Duration::from_secs(env_number("BULKHEAD_BENCH_IDLE_SECONDS", 60) as u64)
+}
 /// Quiet time before an idle window: creation Events and status writes have settled.
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -44,24 +53,50 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The 1-minute load average: every figure is printed next to the machine's load.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
+}
+
 /// One idle window of one or more instances.
 struct Idle {
     rss_kib: u64,
     /// Private (anonymous) memory; the rest of RSS is the mapped binary and libraries.
     anon_kib: u64,
     cpu_seconds: f64,
+    /// The window's length.
+    seconds: f64,
     requests_per_min: f64,
+    writes_per_min: f64,
     lease_writes_per_min: f64,
     other_writes: Vec<String>,
+    /// The 1-minute load average at the window's start and end.
+    load: String,
 }
 
 async fn idle_window(cluster: &Cluster, instances: &[(&Operator, &Release)]) -> Idle {
+    idle_window_of(cluster, instances, idle_length()).await
+}
+
+async fn idle_window_of(
+    cluster: &Cluster,
+    instances: &[(&Operator, &Release)],
+    length: Duration,
+) -> Idle {
     tokio::time::sleep(SETTLE).await;
     let ticks = cluster::clock_ticks_per_second() as f64;
     let cpu_before: u64 = instances.iter().map(|(o, _)| o.process.cpu_ticks()).sum();
+    let offset = cluster.audit_len();
+    let load_before = load();
     let from = Timestamp::now();
-    tokio::time::sleep(IDLE).await;
+    tokio::time::sleep(length).await;
     let to = Timestamp::now();
+    let load_after = load();
     let cpu_after: u64 = instances.iter().map(|(o, _)| o.process.cpu_ticks()).sum();
     let rss_kib = instances.iter().map(|(o, _)| o.process.rss_kib()).sum();
     let anon_kib = instances
@@ -70,33 +105,39 @@ async fn idle_window(cluster: &Cluster, instances: &[(&Operator, &Release)]) -> 
         .sum();
     // The audit log is written when a request completes; give the last ones a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let audit = cluster.audit();
-    let minutes = IDLE.as_secs_f64() / 60.0;
+    let audit = cluster.audit_after(offset);
+    let minutes = length.as_secs_f64() / 60.0;
+    let users: std::collections::HashSet<String> =
+        instances.iter().map(|(_, r)| r.user()).collect();
     let mut requests = 0usize;
+    let mut writes = 0usize;
     let mut lease_writes = 0usize;
     let mut other_writes = Vec::new();
-    for (_, release) in instances {
-        let user = release.user();
-        let events = audit.by_user_between(&user, from, to);
-        requests += events.len();
-        lease_writes += events
-            .iter()
-            .filter(|e| e.resource() == "leases" && e.is_write())
-            .count();
-        other_writes.extend(
-            events
-                .iter()
-                .filter(|e| e.resource() != "leases" && e.is_write())
-                .map(|e| e.describe()),
-        );
+    for e in audit.events.iter().filter(|e| {
+        users.contains(&e.user.username)
+            && e.request_received_timestamp >= from
+            && e.request_received_timestamp < to
+    }) {
+        requests += 1;
+        if e.is_write() {
+            writes += 1;
+            if e.resource() == "leases" {
+                lease_writes += 1;
+            } else {
+                other_writes.push(e.describe());
+            }
+        }
     }
     Idle {
         rss_kib,
         anon_kib,
         cpu_seconds: (cpu_after - cpu_before) as f64 / ticks,
+        seconds: length.as_secs_f64(),
         requests_per_min: requests as f64 / minutes,
+        writes_per_min: writes as f64 / minutes,
         lease_writes_per_min: lease_writes as f64 / minutes,
         other_writes,
+        load: format!("{load_before}→{load_after}"),
     }
 }
 
@@ -142,27 +183,72 @@ async fn wait_secrets(client: &Client, ns: &str, total_expected: usize) {
     .await;
 }
 
+/// When each managed Secret was first seen by a watch (the admin's): the far end of every
+/// create→Secret latency.
+struct SeenSecrets {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SeenSecrets {
+    async fn start(client: &Client, ns: &str) -> Self {
+        let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+        let recorder = seen.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            watcher(secrets, watcher::Config::default().labels(MANAGED))
+                .for_each(|event| {
+                    match event {
+                        Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                            recorder
+                                .lock()
+                                .unwrap()
+                                .entry(s.name_any())
+                                .or_insert_with(Instant::now);
+                        }
+                        Ok(watcher::Event::InitDone) => {
+                            if let Some(tx) = ready.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        });
+        // The initial list is done: every later Secret arrives as a watch event.
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .expect("the Secret watch started")
+            .unwrap();
+        Self { seen, task }
+    }
+
+    fn get(&self, name: &str) -> Option<Instant> {
+        self.seen.lock().unwrap().get(name).copied()
+    }
+
+    async fn wait(&self, name: &str, timeout: Duration) -> Instant {
+        cluster::eventually(&format!("Secret {name}"), timeout, || async {
+            self.get(name)
+        })
+        .await
+    }
+}
+
+impl Drop for SeenSecrets {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Sequential create→Secret latencies: each Credential is created once the previous one's
 /// Secret was seen by a watch (the admin's), so each is measured on an otherwise idle instance.
 async fn latencies(client: &Client, ns: &str, count: usize) -> Vec<Duration> {
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let recorder = seen.clone();
-    let watch = tokio::spawn(async move {
-        watcher(secrets, watcher::Config::default().labels(MANAGED))
-            .for_each(|event| {
-                if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event {
-                    recorder
-                        .lock()
-                        .unwrap()
-                        .entry(s.name_any())
-                        .or_insert_with(Instant::now);
-                }
-                futures::future::ready(())
-            })
-            .await;
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = SeenSecrets::start(client, ns).await;
     let api = Api::<Credential>::namespaced(client.clone(), ns);
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
@@ -171,18 +257,88 @@ async fn latencies(client: &Client, ns: &str, count: usize) -> Vec<Duration> {
         api.create(&PostParams::default(), &random_credential(ns, &name))
             .await
             .unwrap();
-        let seen_at =
-            cluster::eventually(&format!("Secret {name}"), Duration::from_secs(30), || {
-                let seen = seen.clone();
-                let name = name.clone();
-                async move { seen.lock().unwrap().get(&name).copied() }
-            })
-            .await;
+        let seen_at = seen.wait(&name, Duration::from_secs(30)).await;
         out.push(seen_at - started);
     }
-    watch.abort();
     out.sort();
     out
+}
+
+/// A burst: `count` Credentials created at once by 16 clients; create→Secret of each (from
+/// just before its POST), and what the instance wrote meanwhile.
+struct Burst {
+    latencies: Vec<Duration>,
+    /// First POST to the last Secret seen.
+    took: Duration,
+    tenant_writes: usize,
+    credential_writes: usize,
+    reconciles: f64,
+    load: String,
+}
+
+async fn burst(
+    cluster: &Cluster,
+    client: &Client,
+    op: &Operator,
+    release: &Release,
+    count: usize,
+) -> Burst {
+    let ns = release.namespace.as_str();
+    let seen = SeenSecrets::start(client, ns).await;
+    let api = Api::<Credential>::namespaced(client.clone(), ns);
+    let reconciles_before = op
+        .metric("bulkhead_reconcile_total{controller=\"credential\"}")
+        .unwrap_or(0.0);
+    let load_before = load();
+    let offset = cluster.audit_len();
+    let from = Timestamp::now();
+    let begun = Instant::now();
+    let started: Vec<(String, Instant)> = futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("burst-{i:03}");
+                let started = Instant::now();
+                api.create(&PostParams::default(), &random_credential(ns, &name))
+                    .await
+                    .unwrap();
+                (name, started)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut latencies = Vec::with_capacity(count);
+    let mut last = begun;
+    for (name, at) in &started {
+        let seen_at = seen.wait(name, Duration::from_secs(120)).await;
+        last = last.max(seen_at);
+        latencies.push(seen_at - *at);
+    }
+    latencies.sort();
+    // Coalesced status writes land after the burst: count them too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let to = Timestamp::now();
+    let audit = cluster.audit_after(offset);
+    let user = release.user();
+    let events = audit.by_user_between(&user, from, to);
+    let writes_to = |resource: &str| {
+        events
+            .iter()
+            .filter(|e| e.resource() == resource && e.is_write())
+            .count()
+    };
+    Burst {
+        latencies,
+        took: last - begun,
+        tenant_writes: writes_to("tenants"),
+        credential_writes: writes_to("credentials"),
+        reconciles: op
+            .metric("bulkhead_reconcile_total{controller=\"credential\"}")
+            .unwrap_or(0.0)
+            - reconciles_before,
+        load: format!("{load_before}→{}", load()),
+    }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -194,7 +350,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn machine() -> String {
+fn machine(binaries: &Binaries) -> String {
     let nproc = cluster::run_ok(&mut Command::new("nproc"))
         .trim()
         .to_owned();
@@ -206,16 +362,15 @@ fn machine() -> String {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let version = |var: &str| {
-        let binary = std::env::var(var).unwrap_or_default();
+    let version = |binary: &std::path::Path| {
         let out = cluster::run_ok(Command::new(binary).arg("--version"));
         out.lines().next().unwrap_or_default().trim().to_owned()
     };
     format!(
         "{} · {nproc} CPUs ({model}) · {} · {} · operator built with `--release`",
         Timestamp::now().strftime("%Y-%m-%d"),
-        version(cluster::ENV_APISERVER),
-        version(cluster::ENV_ETCD).replace("Version: ", "")
+        version(&binaries.apiserver),
+        version(&binaries.etcd).replace("Version: ", "")
     )
 }
 
@@ -224,7 +379,7 @@ fn machine() -> String {
 async fn per_instance_cost() {
     let binaries = Binaries::from_env();
     // No controller manager: nothing here needs garbage collection, and the machine stays quiet.
-    let cluster = Cluster::start(binaries.without_controller_manager());
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
     cluster.install_crds();
     let admin = cluster.admin_client().await;
     let ns = "bench";
@@ -254,6 +409,8 @@ async fn per_instance_cost() {
     startups.sort();
     let startup = startups[startups.len() / 2];
     eprintln!("bench: start-up to ready {startups:?}");
+    let first_secrets = first_secret_after_start(&cluster, &admin).await;
+    eprintln!("bench: start→first Secret {first_secrets:?}");
 
     let mut idle = Vec::new();
     idle.push((0, idle_window(&cluster, &[(&op, &release)]).await));
@@ -267,12 +424,28 @@ async fn per_instance_cost() {
     .await;
     idle.push((100, idle_window(&cluster, &[(&op, &release)]).await));
     eprintln!("bench: idle with 100 done");
+    let lat_load = load();
     let lat = latencies(&admin, ns, 200).await;
+    let lat_load = format!("{lat_load}→{}", load());
     eprintln!("bench: latencies done");
+    // The Tenant whose status counts the Credentials: its writes during the burst.
+    let tenant: Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": "tenant", "namespace": ns},
+        "spec": {"displayName": "Bench", "contacts": ["bench@example.com"]},
+    }))
+    .unwrap();
+    Api::<Tenant>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &tenant)
+        .await
+        .unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let burst = burst(&cluster, &admin, &op, &release, 200).await;
+    eprintln!("bench: burst done");
     create_many(
         &admin,
         ns,
-        (100..800).map(|i| format!("bulk-{i:04}")).collect(),
+        (100..600).map(|i| format!("bulk-{i:04}")).collect(),
         1000,
     )
     .await;
@@ -311,32 +484,14 @@ async fn per_instance_cost() {
     tokio::time::sleep(SETTLE).await;
     let restart_peak = restarted.process.status_kib("VmHWM");
     let restart_rss = restarted.process.rss_kib();
+    let restart_anon = restarted.process.status_kib("RssAnon");
     drop(restarted);
 
-    // 20 instances in 20 namespaces, 5 Credentials each.
-    let mut fleet = Vec::new();
-    for i in 0..20 {
-        let ns = format!("team-{i:02}");
-        let release = cluster.install_release(&ns, &[]);
-        let kubeconfig = cluster.service_account_kubeconfig(&release);
-        let op = Operator::start(&cluster, &kubeconfig, &options(&ns, "fleet"));
-        fleet.push((op, release));
-    }
-    for (op, release) in &mut fleet {
-        op.wait_leader(Duration::from_secs(120));
-        create_many(
-            &admin,
-            &release.namespace,
-            (0..5).map(|i| format!("c{i}")).collect(),
-            5,
-        )
-        .await;
-    }
-    let refs: Vec<(&Operator, &Release)> = fleet.iter().map(|(o, r)| (o, r)).collect();
-    let twenty = idle_window(&cluster, &refs).await;
+    // 2000 foreign Secrets beside an instance with 10 Credentials.
+    let foreign = foreign_secrets(&cluster, &admin).await;
 
     let mut table = String::new();
-    let _ = writeln!(table, "Machine: {}\n", machine());
+    let _ = writeln!(table, "Machine: {}\n", machine(&binaries));
     let _ = writeln!(
         table,
         "| per instance | 0 Credentials | 100 Credentials | 1000 Credentials |"
@@ -351,20 +506,23 @@ async fn per_instance_cost() {
                 .join(" | ")
         )
     };
-    table.push_str(&row("idle RSS (of which private)", &|w| {
-        format!("{:.1} MiB ({:.1})", mib(w.rss_kib), mib(w.anon_kib))
+    table.push_str(&row("idle VmRSS", &|w| {
+        format!("{:.1} MiB", mib(w.rss_kib))
     }));
-    table.push_str(&row("CPU over 60 s idle", &|w| {
-        format!("{:.2} s", w.cpu_seconds)
+    table.push_str(&row("idle RssAnon (private)", &|w| {
+        format!("{:.1} MiB", mib(w.anon_kib))
+    }));
+    table.push_str(&row("CPU over the idle window", &|w| {
+        format!("{:.2} s in {:.0} s", w.cpu_seconds, w.seconds)
     }));
     table.push_str(&row("API requests / min (steady state)", &|w| {
         format!("{:.1}", w.requests_per_min)
     }));
-    table.push_str(&row("Lease writes / min", &|w| {
-        format!("{:.1}", w.lease_writes_per_min)
+    table.push_str(&row("writes / min, of which Lease", &|w| {
+        format!("{:.1}, {:.1}", w.writes_per_min, w.lease_writes_per_min)
     }));
-    table.push_str(&row("other writes in 60 s", &|w| {
-        w.other_writes.len().to_string()
+    table.push_str(&row("load average (start→end of window)", &|w| {
+        w.load.clone()
     }));
     let _ = writeln!(table);
     let _ = writeln!(table, "| | |");
@@ -376,39 +534,46 @@ async fn per_instance_cost() {
     );
     let _ = writeln!(
         table,
-        "| create→Secret, 200 Credentials one by one: p50 / p95 / p99 | {} / {} / {} |",
+        "| create→Secret, 200 Credentials one by one: p50 / p95 / p99 (load {lat_load}) | {} / {} / {} |",
         ms(percentile(&lat, 0.50)),
         ms(percentile(&lat, 0.95)),
         ms(percentile(&lat, 0.99))
     );
     let _ = writeln!(
         table,
-        "| peak RSS while 1000 Credentials were created one by one or 16 at a time | {:.1} MiB |",
+        "| start→first Secret for an existing Credential (process start to the Secret in a watch), median of 5 [min–max] | {} [{}–{}] |",
+        ms(first_secrets[first_secrets.len() / 2]),
+        ms(first_secrets[0]),
+        ms(first_secrets[first_secrets.len() - 1])
+    );
+    let _ = writeln!(
+        table,
+        "| burst: 200 Credentials created at once by 16 clients: create→Secret p50 / p99, all done in (load {}) | {} / {}, {:.2} s |",
+        burst.load,
+        ms(percentile(&burst.latencies, 0.50)),
+        ms(percentile(&burst.latencies, 0.99)),
+        burst.took.as_secs_f64()
+    );
+    let _ = writeln!(
+        table,
+        "| burst: Credential reconciles / Credential writes / Tenant writes (until 3 s after) | {:.0} / {} / {} |",
+        burst.reconciles, burst.credential_writes, burst.tenant_writes
+    );
+    let _ = writeln!(
+        table,
+        "| peak VmRSS while 1000 Credentials were created one by one or 16 at a time | {:.1} MiB |",
         mib(steady_peak)
     );
     let _ = writeln!(
         table,
-        "| restart with 1000 Credentials: all reconciled in / peak RSS / RSS 10 s later | {:.1} s / {:.1} MiB / {:.1} MiB |",
+        "| restart with 1000 Credentials: all reconciled in / peak VmRSS / VmRSS, RssAnon 10 s later | {:.1} s / {:.1} MiB / {:.1} MiB, {:.1} MiB |",
         cold_reconcile.as_secs_f64(),
         mib(restart_peak),
-        mib(restart_rss)
+        mib(restart_rss),
+        mib(restart_anon)
     );
-    let _ = writeln!(
-        table,
-        "| 20 instances in 20 namespaces (5 Credentials each): total idle RSS | {:.1} MiB ({:.1} MiB each) |",
-        mib(twenty.rss_kib),
-        mib(twenty.rss_kib) / 20.0
-    );
-    let _ = writeln!(
-        table,
-        "| 20 instances: total CPU over 60 s idle | {:.2} s |",
-        twenty.cpu_seconds
-    );
-    let _ = writeln!(
-        table,
-        "| 20 instances: API requests / min, of which Lease writes | {:.1}, {:.1} |",
-        twenty.requests_per_min, twenty.lease_writes_per_min
-    );
+    let _ = writeln!(table);
+    table.push_str(&foreign.table());
     println!("\n{table}");
     for (n, w) in &idle {
         if !w.other_writes.is_empty() {
@@ -418,11 +583,185 @@ async fn per_instance_cost() {
             );
         }
     }
-    if !twenty.other_writes.is_empty() {
-        println!(
-            "writes besides the Lease while 20 instances idled: {:#?}",
-            twenty.other_writes
+}
+
+/// Process start → the first Secret, for a Credential created while no instance ran: five
+/// cold starts in their own namespace, sorted.
+async fn first_secret_after_start(cluster: &Cluster, admin: &Client) -> Vec<Duration> {
+    let ns = "startup";
+    let release = cluster.install_release(ns, &[]);
+    let kubeconfig = cluster.service_account_kubeconfig(&release);
+    let seen = SeenSecrets::start(admin, ns).await;
+    let api = Api::<Credential>::namespaced(admin.clone(), ns);
+    let mut out = Vec::new();
+    for i in 0..5 {
+        let name = format!("first-{i}");
+        api.create(&PostParams::default(), &random_credential(ns, &name))
+            .await
+            .unwrap();
+        let mut op = Operator::start(cluster, &kubeconfig, &options(ns, &format!("first-{i}")));
+        let seen_at = seen.wait(&name, Duration::from_secs(60)).await;
+        out.push(seen_at - op.started);
+        op.process.signal("TERM");
+        assert!(
+            op.process
+                .wait_exit(Duration::from_secs(20))
+                .unwrap()
+                .success()
         );
+    }
+    out.sort();
+    out
+}
+
+/// An instance with 10 Credentials before and after 2000 foreign (not Bulkhead's) 64 KiB
+/// Secrets are added to its namespace: operators that cache the namespace's Secrets grow
+/// with them; Bulkhead reads its own by name and must stay flat.
+struct Foreign {
+    before: Idle,
+    after: Idle,
+    /// Requests the instance made while the 2000 Secrets were created.
+    requests_during: usize,
+    creating: Duration,
+    peak_during_kib: u64,
+    restart_peak_kib: u64,
+    restart_rss_kib: u64,
+    restart_anon_kib: u64,
+}
+
+impl Foreign {
+    fn table(&self) -> String {
+        let (b, a) = (&self.before, &self.after);
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "| 10 Credentials, then 2000 foreign 64 KiB Secrets | before | after |"
+        );
+        let _ = writeln!(t, "|---|---|---|");
+        let _ = writeln!(
+            t,
+            "| idle VmRSS | {:.1} MiB | {:.1} MiB |",
+            mib(b.rss_kib),
+            mib(a.rss_kib)
+        );
+        let _ = writeln!(
+            t,
+            "| idle RssAnon | {:.1} MiB | {:.1} MiB |",
+            mib(b.anon_kib),
+            mib(a.anon_kib)
+        );
+        let _ = writeln!(
+            t,
+            "| API requests / min, writes / min | {:.1}, {:.1} | {:.1}, {:.1} |",
+            b.requests_per_min, b.writes_per_min, a.requests_per_min, a.writes_per_min
+        );
+        let _ = writeln!(t, "| load average | {} | {} |", b.load, a.load);
+        let _ = writeln!(
+            t,
+            "| while the 2000 were created ({:.0} s): the instance's requests / its peak VmRSS | | {} / {:.1} MiB |",
+            self.creating.as_secs_f64(),
+            self.requests_during,
+            mib(self.peak_during_kib)
+        );
+        let _ = writeln!(
+            t,
+            "| a restart among them: peak VmRSS / VmRSS, RssAnon 10 s later | | {:.1} MiB / {:.1} MiB, {:.1} MiB |",
+            mib(self.restart_peak_kib),
+            mib(self.restart_rss_kib),
+            mib(self.restart_anon_kib)
+        );
+        t
+    }
+}
+
+async fn foreign_secrets(cluster: &Cluster, admin: &Client) -> Foreign {
+    const COUNT: usize = 2000;
+    const SIZE: usize = 64 * 1024;
+    let ns = "foreign";
+    let release = cluster.install_release(ns, &[]);
+    let kubeconfig = cluster.service_account_kubeconfig(&release);
+    let mut op = Operator::start(cluster, &kubeconfig, &options(ns, "foreign"));
+    op.wait_leader(Duration::from_secs(60));
+    create_many(admin, ns, (0..10).map(|i| format!("own-{i}")).collect(), 10).await;
+    let before = idle_window(cluster, &[(&op, &release)]).await;
+    eprintln!("bench: foreign Secrets: before done");
+
+    let started = Instant::now();
+    let offset = cluster.audit_len();
+    let from = Timestamp::now();
+    let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    futures::stream::iter(0..COUNT)
+        .map(|i| {
+            let secrets = secrets.clone();
+            async move {
+                // Different bytes in each (nothing along the way can share or compress them).
+                let blob: Vec<u8> = (0..SIZE)
+                    .map(|j| (j.wrapping_mul(31) ^ i.wrapping_mul(2_654_435_761)) as u8)
+                    .collect();
+                let secret = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(format!("foreign-{i:04}")),
+                        ..Default::default()
+                    },
+                    data: Some([("blob".to_owned(), ByteString(blob))].into()),
+                    ..Default::default()
+                };
+                secrets
+                    .create(&PostParams::default(), &secret)
+                    .await
+                    .map(drop)
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+    let creating = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let to = Timestamp::now();
+    let requests_during = cluster
+        .audit_after(offset)
+        .by_user_between(&release.user(), from, to)
+        .len();
+    let peak_during_kib = op.process.status_kib("VmHWM");
+    eprintln!(
+        "bench: foreign Secrets: {COUNT} created in {:.1} s",
+        creating.as_secs_f64()
+    );
+    let after = idle_window(cluster, &[(&op, &release)]).await;
+    assert!(op.process.is_running(), "the instance survived");
+
+    op.process.signal("TERM");
+    assert!(
+        op.process
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+    drop(op);
+    let mut restarted = Operator::start(cluster, &kubeconfig, &options(ns, "foreign-restart"));
+    restarted.wait_leader(Duration::from_secs(60));
+    cluster::eventually(
+        "10 Credentials reconciled after the restart",
+        Duration::from_secs(120),
+        || async {
+            let n = restarted
+                .metric("bulkhead_reconcile_total{controller=\"credential\"}")
+                .unwrap_or(0.0);
+            (n >= 10.0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    Foreign {
+        before,
+        after,
+        requests_during,
+        creating,
+        peak_during_kib,
+        restart_peak_kib: restarted.process.status_kib("VmHWM"),
+        restart_rss_kib: restarted.process.rss_kib(),
+        restart_anon_kib: restarted.process.status_kib("RssAnon"),
     }
 }
 
@@ -432,7 +771,7 @@ async fn per_instance_cost() {
 #[ignore = "benchmark: hack/bench.sh knobs"]
 async fn memory_knobs() {
     let binaries = Binaries::from_env();
-    let cluster = Cluster::start(binaries.without_controller_manager());
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
     cluster.install_crds();
     let admin = cluster.admin_client().await;
     let empty = cluster.install_release("empty", &[]);
@@ -501,4 +840,366 @@ async fn memory_knobs() {
         );
     }
     println!("\n{table}");
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: expected a whole number"))
+        })
+}
+
+/// Wait until every instance of `batch` holds its Lease; panics with the log of one that
+/// exited or did not lead in time.
+fn wait_all_lead(batch: &mut [Operator], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut waiting: Vec<usize> = (0..batch.len()).collect();
+    while !waiting.is_empty() {
+        waiting.retain(|&i| !batch[i].is_leader());
+        for &i in &waiting {
+            let op = &mut batch[i];
+            if let Some(status) = op.process.try_exit() {
+                panic!(
+                    "{} exited ({status}):\n{}",
+                    op.process.name,
+                    op.process.log_tail(40)
+                );
+            }
+        }
+        if let Some(&i) = waiting.first() {
+            assert!(
+                Instant::now() < deadline,
+                "{} of the batch did not lead within {timeout:?}, e.g. {}:\n{}",
+                waiting.len(),
+                batch[i].process.name,
+                batch[i].process.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// N instances in N namespaces on one API server (`hack/bench.sh fleet N`; N from
+/// `BULKHEAD_BENCH_FLEET`, Credentials per namespace from `BULKHEAD_BENCH_FLEET_CREDENTIALS`,
+/// default 5): each its own `helm template` rendering, ServiceAccount token and Lease, the
+/// chart's defaults. Reports total and per-instance memory, idle CPU, API requests and Lease
+/// writes per second in total (audit log), and create→Secret in one namespace while all idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: hack/bench.sh fleet N"]
+async fn fleet() {
+    /// Instances started at once: bounded so start-up (discovery, preflight, first lists and
+    /// watches) does not swamp the API server.
+    const BATCH: usize = 25;
+    // Twice the per-instance window: several Lease renewals of every instance.
+    let fleet_idle = idle_length() * 2;
+    let n = env_number("BULKHEAD_BENCH_FLEET", 5).max(1);
+    let per_ns = env_number("BULKHEAD_BENCH_FLEET_CREDENTIALS", 5);
+    let begun = Instant::now();
+    let progress = |what: &str| {
+        eprintln!(
+            "fleet: {:6.1} s  {what} (load {})",
+            begun.elapsed().as_secs_f64(),
+            load()
+        );
+    };
+    let binaries = Binaries::from_env();
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
+    cluster.install_crds();
+    let admin = cluster.admin_client().await;
+    progress("control plane up, CRDs established");
+
+    let namespaces: Vec<String> = (0..n).map(|i| format!("team-{i:03}")).collect();
+    let releases = cluster.install_releases(&namespaces);
+    progress(&format!("{n} namespaces and releases applied"));
+    let kubeconfigs = cluster.service_account_kubeconfigs(&releases).await;
+    progress(&format!("{n} ServiceAccount tokens"));
+
+    let mut fleet: Vec<Operator> = Vec::with_capacity(n);
+    let mut watchdogs = Vec::new();
+    let starting = Instant::now();
+    for (releases, kubeconfigs) in releases.chunks(BATCH).zip(kubeconfigs.chunks(BATCH)) {
+        let first = fleet.len();
+        for (release, kubeconfig) in releases.iter().zip(kubeconfigs) {
+            fleet.push(Operator::start_unwatched(
+                &cluster,
+                kubeconfig,
+                &options(&release.namespace, "fleet"),
+            ));
+        }
+        let pids: Vec<u32> = fleet[first..].iter().map(|o| o.process.pid()).collect();
+        watchdogs.push(GroupWatchdog::new(&pids));
+        wait_all_lead(&mut fleet[first..], Duration::from_secs(180));
+        progress(&format!("{} of {n} instances lead", fleet.len()));
+    }
+    let all_leading = starting.elapsed();
+
+    if per_ns > 0 {
+        let names: Vec<(String, String)> = namespaces
+            .iter()
+            .flat_map(|ns| (0..per_ns).map(move |i| (ns.clone(), format!("c{i}"))))
+            .collect();
+        futures::stream::iter(names)
+            .map(|(ns, name)| {
+                let api = Api::<Credential>::namespaced(admin.clone(), &ns);
+                async move {
+                    api.create(&PostParams::default(), &random_credential(&ns, &name))
+                        .await
+                        .map(drop)
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await
+            .unwrap();
+        let all_secrets = Api::<Secret>::all(admin.clone());
+        let want = n * per_ns;
+        cluster::eventually(
+            &format!("{want} managed Secrets"),
+            Duration::from_secs(600),
+            || async {
+                let have = all_secrets
+                    .list_metadata(&ListParams::default().labels(MANAGED))
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                (have >= want).then_some(())
+            },
+        )
+        .await;
+        progress(&format!(
+            "{want} Credentials created and their Secrets written"
+        ));
+    }
+    for op in &mut fleet {
+        assert!(op.process.is_running(), "{} exited", op.process.name);
+    }
+
+    let ticks = cluster::clock_ticks_per_second() as f64;
+    let apiserver_cpu = || cluster.apiserver_process().map_or(0, |p| p.cpu_ticks());
+    let etcd_cpu = || cluster.etcd_process().map_or(0, |p| p.cpu_ticks());
+    let (api_before, etcd_before) = (apiserver_cpu(), etcd_cpu());
+    let refs: Vec<(&Operator, &Release)> = fleet.iter().zip(&releases).collect();
+    let idle = idle_window_of(&cluster, &refs, fleet_idle).await;
+    // The control plane's CPU over the settle time and the window.
+    let control_plane_seconds = SETTLE.as_secs_f64() + idle.seconds;
+    let api_cpu = (apiserver_cpu() - api_before) as f64 / ticks;
+    let etcd_cpu_s = (etcd_cpu() - etcd_before) as f64 / ticks;
+    let apiserver_rss = cluster.apiserver_process().map_or(0, |p| p.rss_kib());
+    let etcd_rss = cluster.etcd_process().map_or(0, |p| p.rss_kib());
+    let pss: u64 = fleet.iter().map(|o| o.process.rollup_kib("Pss")).sum();
+    let per: Vec<u64> = fleet.iter().map(|o| o.process.rss_kib()).collect();
+    let (min, max) = (
+        per.iter().copied().min().unwrap_or(0),
+        per.iter().copied().max().unwrap_or(0),
+    );
+    progress("idle window done");
+
+    let lat_load = load();
+    let lat = latencies(&admin, &namespaces[0], 200).await;
+    let lat_load = format!("{lat_load}→{}", load());
+    progress(&format!("create→Secret in {} done", namespaces[0]));
+    for op in &mut fleet {
+        assert!(op.process.is_running(), "{} exited", op.process.name);
+    }
+
+    let nf = n as f64;
+    let mut t = String::new();
+    let _ = writeln!(t, "Machine: {}\n", machine(&binaries));
+    let _ = writeln!(
+        t,
+        "| {n} instances in {n} namespaces, {per_ns} Credentials each | total | per instance |"
+    );
+    let _ = writeln!(t, "|---|---|---|");
+    let _ = writeln!(
+        t,
+        "| idle VmRSS | {:.1} MiB | {:.1} MiB (min {:.1}, max {:.1}) |",
+        mib(idle.rss_kib),
+        mib(idle.rss_kib) / nf,
+        mib(min),
+        mib(max)
+    );
+    let _ = writeln!(
+        t,
+        "| idle RssAnon (private) | {:.1} MiB | {:.2} MiB |",
+        mib(idle.anon_kib),
+        mib(idle.anon_kib) / nf
+    );
+    let _ = writeln!(
+        t,
+        "| idle Pss (the binary's pages, shared on one machine, counted once in total) | {:.1} MiB | {:.2} MiB |",
+        mib(pss),
+        mib(pss) / nf
+    );
+    let _ = writeln!(
+        t,
+        "| CPU over {:.0} s idle | {:.2} s | {:.1} ms |",
+        idle.seconds,
+        idle.cpu_seconds,
+        idle.cpu_seconds * 1000.0 / nf
+    );
+    let _ = writeln!(
+        t,
+        "| API requests | {:.2} / s | {:.1} / min |",
+        idle.requests_per_min / 60.0,
+        idle.requests_per_min / nf
+    );
+    let _ = writeln!(
+        t,
+        "| Lease writes | {:.2} / s | {:.1} / min |",
+        idle.lease_writes_per_min / 60.0,
+        idle.lease_writes_per_min / nf
+    );
+    let _ = writeln!(
+        t,
+        "| other writes in the window | {} | |",
+        idle.other_writes.len()
+    );
+    let _ = writeln!(
+        t,
+        "| load average (start→end of the idle window) | {} | |",
+        idle.load
+    );
+    let _ = writeln!(
+        t,
+        "| create→Secret in {}, 200 one by one while all idle: p50 / p99 (load {lat_load}) | {} / {} | |",
+        namespaces[0],
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99))
+    );
+    let _ = writeln!(
+        t,
+        "| kube-apiserver: VmRSS / CPU over the last {control_plane_seconds:.0} s | {:.0} MiB / {:.1} s | |",
+        mib(apiserver_rss),
+        api_cpu
+    );
+    let _ = writeln!(
+        t,
+        "| etcd: VmRSS / CPU over the last {control_plane_seconds:.0} s | {:.0} MiB / {:.1} s | |",
+        mib(etcd_rss),
+        etcd_cpu_s
+    );
+    let _ = writeln!(
+        t,
+        "| start-up: all {n} leading (batches of {BATCH}) after | {:.1} s | |",
+        all_leading.as_secs_f64()
+    );
+    println!("\n{t}");
+    if !idle.other_writes.is_empty() {
+        println!(
+            "writes besides the Lease while the fleet idled: {:#?}",
+            idle.other_writes
+        );
+    }
+    progress("done");
+}
+
+/// Idle memory of several builds of `bulkhead` (the release profile, `hack/bench.sh
+/// profiles`): `BULKHEAD_BENCH_BINARIES` lists `label=path` entries separated by `;`, each
+/// optionally followed by ` NAME=VALUE` environment settings (e.g. `TOKIO_WORKER_THREADS=1`).
+/// Each is started in turn in a namespace with 0 Credentials, `BULKHEAD_BENCH_ROUNDS` times
+/// (default 3, interleaved so a change in the machine's load hits all alike), sampled 30 s
+/// after it leads; the median of VmRSS and of RssAnon are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: hack/bench.sh profiles"]
+async fn idle_memory_of_builds() {
+    const SAMPLE_AFTER: Duration = Duration::from_secs(30);
+    let spec = std::env::var("BULKHEAD_BENCH_BINARIES")
+        .expect("BULKHEAD_BENCH_BINARIES: label=path[ NAME=VALUE...];... (see hack/bench.sh)");
+    let rounds = env_number("BULKHEAD_BENCH_ROUNDS", 3).max(1);
+    type Build = (String, std::path::PathBuf, Vec<(String, String)>);
+    let variants: Vec<Build> = spec
+        .split(';')
+        .filter(|e| !e.trim().is_empty())
+        .map(|entry| {
+            let mut words = entry.split_whitespace();
+            let (label, path) = words
+                .next()
+                .and_then(|w| w.split_once('='))
+                .unwrap_or_else(|| panic!("{entry:?}: expected label=path"));
+            let env = words
+                .map(|w| {
+                    let (k, v) = w
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("{w:?}: expected NAME=VALUE"));
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect();
+            (label.to_owned(), path.into(), env)
+        })
+        .collect();
+    let binaries = Binaries::from_env();
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
+    cluster.install_crds();
+    let release = cluster.install_release("idle", &[]);
+    let kubeconfig = cluster.service_account_kubeconfig(&release);
+    // Per variant: (VmRSS, RssAnon, RssFile, threads) samples.
+    let mut samples: Vec<Vec<(u64, u64, u64, u64)>> = vec![Vec::new(); variants.len()];
+    let mut loads = Vec::new();
+    for round in 0..rounds {
+        for (i, (label, path, env)) in variants.iter().enumerate() {
+            let mut o = options("idle", &format!("build-{i}-{round}"));
+            o.binary = Some(path.clone());
+            o.env = env.clone();
+            let mut op = Operator::start(&cluster, &kubeconfig, &o);
+            op.wait_leader(Duration::from_secs(60));
+            tokio::time::sleep(SAMPLE_AFTER).await;
+            let p = &op.process;
+            samples[i].push((
+                p.rss_kib(),
+                p.status_kib("RssAnon"),
+                p.status_kib("RssFile"),
+                p.status_kib("Threads"),
+            ));
+            loads.push(load());
+            eprintln!("bench: round {round} {label}: {:?}", samples[i].last());
+            op.process.signal("TERM");
+            assert!(
+                op.process
+                    .wait_exit(Duration::from_secs(20))
+                    .unwrap()
+                    .success(),
+                "{label} stops cleanly on SIGTERM"
+            );
+        }
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let mut t = String::new();
+    let _ = writeln!(t, "Machine: {}\n", machine(&binaries));
+    let _ = writeln!(
+        t,
+        "Idle, 0 Credentials, sampled {} s after leading; median of {rounds}; load averages {}\n",
+        SAMPLE_AFTER.as_secs(),
+        loads.join(" ")
+    );
+    let _ = writeln!(
+        t,
+        "| build | file size | VmRSS | RssAnon | RssFile | threads |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    for ((label, path, env), s) in variants.iter().zip(&samples) {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            t,
+            "| {label}{} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
+            if env.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", env.join(" "))
+            },
+            size as f64 / 1024.0 / 1024.0,
+            mib(median(s.iter().map(|x| x.0).collect())),
+            mib(median(s.iter().map(|x| x.1).collect())),
+            mib(median(s.iter().map(|x| x.2).collect())),
+            median(s.iter().map(|x| x.3).collect()),
+        );
+    }
+    println!("\n{t}");
 }

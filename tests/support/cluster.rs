@@ -39,7 +39,8 @@ pub const ENV_KEEP: &str = "BULKHEAD_E2E_KEEP";
 
 /// The service account issuer; `kubectl create token` tokens carry it.
 const ISSUER: &str = "https://kubernetes.default.svc";
-const SERVICE_CIDR: &str = "10.0.0.0/24";
+/// A /16: a fleet of hundreds of releases has a Service (a ClusterIP) each; a /24 runs out at 254.
+const SERVICE_CIDR: &str = "10.0.0.0/16";
 
 /// The control-plane binaries.
 #[derive(Clone, Debug)]
@@ -207,6 +208,17 @@ fn watchdog(pgid: u32) -> Option<Child> {
 
 impl Process {
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
+        Self::spawn_inner(name, cmd, log, true)
+    }
+
+    /// Like [`Process::spawn`] but without its own watchdog shell: for fleets of hundreds of
+    /// processes, whose per-process watchdogs (a `sleep 1` fork each per second) would be the
+    /// load being measured. Cover them with a [`GroupWatchdog`].
+    pub fn spawn_unwatched(name: &str, cmd: &mut Command, log: &Path) -> Self {
+        Self::spawn_inner(name, cmd, log, false)
+    }
+
+    fn spawn_inner(name: &str, cmd: &mut Command, log: &Path, watched: bool) -> Self {
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -219,7 +231,7 @@ impl Process {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        let watchdog = watchdog(child.id());
+        let watchdog = if watched { watchdog(child.id()) } else { None };
         Self {
             name: name.to_owned(),
             child,
@@ -300,6 +312,17 @@ impl Process {
             .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
+    /// A KiB field of /proc/<pid>/smaps_rollup: Pss (proportional: pages shared by N processes
+    /// count 1/N each), Pss_Anon, Pss_File, ...
+    pub fn rollup_kib(&self, field: &str) -> u64 {
+        let rollup = fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid())).unwrap();
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/smaps_rollup"))
+    }
+
     /// User plus system CPU time so far, in clock ticks (utime + stime of /proc/<pid>/stat).
     pub fn cpu_ticks(&self) -> u64 {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
@@ -327,6 +350,40 @@ impl Drop for Process {
             let _ = watchdog.wait();
         }
         self.kill();
+    }
+}
+
+/// One watchdog shell for many process groups (see [`Process::spawn_unwatched`]): kills them
+/// all once the test process is gone; stopped on drop.
+pub struct GroupWatchdog(Option<Child>);
+
+impl GroupWatchdog {
+    pub fn new(pgids: &[u32]) -> Self {
+        let groups: Vec<String> = pgids.iter().map(|g| format!("-{g}")).collect();
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 2; done; env kill -KILL -- {} 2>/dev/null",
+            std::process::id(),
+            groups.join(" ")
+        );
+        Self(
+            Command::new("sh")
+                .args(["-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .ok(),
+        )
+    }
+}
+
+impl Drop for GroupWatchdog {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -715,6 +772,16 @@ impl Cluster {
         self.controller_manager = Some(kcm);
     }
 
+    /// The kube-apiserver process (for its RSS and CPU next to a benchmark's figures).
+    pub fn apiserver_process(&self) -> Option<&Process> {
+        self.apiserver.as_ref()
+    }
+
+    /// The etcd process.
+    pub fn etcd_process(&self) -> Option<&Process> {
+        self.etcd.as_ref()
+    }
+
     pub fn has_controller_manager(&self) -> bool {
         self.controller_manager.is_some()
     }
@@ -816,6 +883,121 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::install_release`] for many namespaces at once (a fleet): each namespace gets
+    /// its own `helm template` rendering (a few in parallel), then all namespaces are created
+    /// in one `kubectl apply` and the releases applied server-side in a few parallel
+    /// `kubectl apply` calls of many releases each.
+    pub fn install_releases(&self, namespaces: &[String]) -> Vec<Release> {
+        const PARALLEL: usize = 4;
+        let chart = repo().join("chart");
+        let helm = tool("helm");
+        let chunk = namespaces.len().div_ceil(PARALLEL).max(1);
+        let rendered: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = namespaces
+                .chunks(chunk)
+                .map(|part| {
+                    let (chart, helm) = (&chart, &helm);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|ns| {
+                                run_ok(
+                                    Command::new(helm)
+                                        .args(["template", "bulkhead"])
+                                        .arg(chart)
+                                        .args(["--namespace", ns]),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let ns_file = self.dir.join("fleet-namespaces.yaml");
+        let ns_docs: Vec<String> = namespaces
+            .iter()
+            .map(|ns| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"))
+            .collect();
+        fs::write(&ns_file, ns_docs.join("---\n")).unwrap();
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &ns_file.display().to_string(),
+        ]);
+        let files: Vec<PathBuf> = rendered
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| {
+                let file = self.dir.join(format!("fleet-releases-{i}.yaml"));
+                // Every rendered object names its namespace (the chart sets it).
+                fs::write(&file, part.join("\n---\n")).unwrap();
+                file
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for file in &files {
+                scope.spawn(move || {
+                    self.kubectl_ok(&["apply", "--server-side", "-f", &file.display().to_string()])
+                });
+            }
+        });
+        namespaces
+            .iter()
+            .zip(rendered)
+            .map(|(ns, rendered)| Release {
+                namespace: ns.clone(),
+                name: "bulkhead".to_owned(),
+                service_account: "bulkhead".to_owned(),
+                rendered,
+            })
+            .collect()
+    }
+
+    /// [`Cluster::service_account_kubeconfig`] for many releases: tokens from the TokenRequest
+    /// API (what `kubectl create token` calls), 16 requests at a time.
+    pub async fn service_account_kubeconfigs(&self, releases: &[Release]) -> Vec<PathBuf> {
+        use futures::StreamExt;
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let admin = self.admin_client().await;
+        futures::stream::iter(releases)
+            .map(|release| {
+                let api =
+                    kube::Api::<ServiceAccount>::namespaced(admin.clone(), &release.namespace);
+                async move {
+                    let request = TokenRequest {
+                        spec: Some(TokenRequestSpec {
+                            expiration_seconds: Some(4 * 3600),
+                            ..TokenRequestSpec::default()
+                        }),
+                        ..TokenRequest::default()
+                    };
+                    let issued = api
+                        .create_token_request(
+                            &release.service_account,
+                            &kube::api::PostParams::default(),
+                            &request,
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("token for {}: {e}", release.namespace));
+                    let token = issued.status.and_then(|s| s.token).unwrap_or_default();
+                    let path = self.dir.join(format!(
+                        "{}-{}.kubeconfig",
+                        release.namespace, release.service_account
+                    ));
+                    self.write_kubeconfig(&path, &release.service_account, &token);
+                    path
+                }
+            })
+            .buffered(16)
+            .collect()
+            .await
+    }
+
     /// A kubeconfig holding a fresh token of the release's ServiceAccount
     /// (`kubectl create token`): the operator gets exactly the chart's Role.
     pub fn service_account_kubeconfig(&self, release: &Release) -> PathBuf {
@@ -837,6 +1019,23 @@ impl Cluster {
 
     pub fn audit(&self) -> AuditLog {
         AuditLog::read(&self.audit_log_path())
+    }
+
+    /// The audit log's length so far: [`Cluster::audit_after`] reads only what follows.
+    pub fn audit_len(&self) -> u64 {
+        fs::metadata(self.audit_log_path()).map_or(0, |m| m.len())
+    }
+
+    /// The audit entries written after `offset` (an [`Cluster::audit_len`]): a long run's log
+    /// is not parsed again for every window.
+    pub fn audit_after(&self, offset: u64) -> AuditLog {
+        let mut raw = Vec::new();
+        if let Ok(mut file) = fs::File::open(self.audit_log_path()) {
+            use std::io::{Seek, SeekFrom};
+            let _ = file.seek(SeekFrom::Start(offset));
+            let _ = file.read_to_end(&mut raw);
+        }
+        AuditLog::parse(&String::from_utf8_lossy(&raw))
     }
 
     fn keep(&self) -> bool {
@@ -890,6 +1089,8 @@ pub struct OperatorOptions {
     pub renew_grace: String,
     pub restart_targets: Vec<String>,
     pub extra_args: Vec<String>,
+    /// Another `bulkhead` binary than [`operator_binary`] (the benchmark compares builds).
+    pub binary: Option<PathBuf>,
     /// Extra environment (the process otherwise gets only KUBECONFIG and RUST_BACKTRACE).
     pub env: Vec<(String, String)>,
 }
@@ -903,6 +1104,7 @@ impl OperatorOptions {
             renew_grace: "4s".to_owned(),
             restart_targets: Vec::new(),
             extra_args: Vec::new(),
+            binary: None,
             env: Vec::new(),
         }
     }
@@ -932,9 +1134,28 @@ pub struct Operator {
 impl Operator {
     /// Start `bulkhead run` with the kubeconfig (a ServiceAccount token) on free ports.
     pub fn start(cluster: &Cluster, kubeconfig: &Path, options: &OperatorOptions) -> Self {
+        Self::start_inner(cluster, kubeconfig, options, true)
+    }
+
+    /// [`Operator::start`] without a per-process watchdog ([`Process::spawn_unwatched`]):
+    /// cover fleets with a [`GroupWatchdog`] over their [`Process::pid`]s.
+    pub fn start_unwatched(
+        cluster: &Cluster,
+        kubeconfig: &Path,
+        options: &OperatorOptions,
+    ) -> Self {
+        Self::start_inner(cluster, kubeconfig, options, false)
+    }
+
+    fn start_inner(
+        cluster: &Cluster,
+        kubeconfig: &Path,
+        options: &OperatorOptions,
+        watched: bool,
+    ) -> Self {
         let probe: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(operator_binary());
+        let mut cmd = Command::new(options.binary.clone().unwrap_or_else(operator_binary));
         cmd.env_clear()
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_BACKTRACE", "1")
@@ -957,11 +1178,12 @@ impl Operator {
             options.namespace, options.pod_name
         ));
         let started = Instant::now();
-        let process = Process::spawn(
-            &format!("operator {}/{}", options.namespace, options.pod_name),
-            &mut cmd,
-            &log,
-        );
+        let name = format!("operator {}/{}", options.namespace, options.pod_name);
+        let process = if watched {
+            Process::spawn(&name, &mut cmd, &log)
+        } else {
+            Process::spawn_unwatched(&name, &mut cmd, &log)
+        };
         Self {
             process,
             probe,
@@ -1166,7 +1388,11 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn read(path: &Path) -> Self {
-        let text = fs::read_to_string(path).unwrap_or_default();
+        Self::parse(&fs::read_to_string(path).unwrap_or_default())
+    }
+
+    /// Entries from JSON lines (a half-written or cut first or last line is skipped).
+    pub fn parse(text: &str) -> Self {
         let mut by_id: BTreeMap<String, AuditEvent> = BTreeMap::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             // The last line may be half-written while the server runs.
