@@ -304,23 +304,22 @@ impl Process {
 
     /// A KiB field of /proc/<pid>/status: VmRSS, VmHWM (peak RSS), RssAnon (private), ...
     pub fn status_kib(&self, field: &str) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
+        self.proc_kib("status", field)
     }
 
     /// A KiB field of /proc/<pid>/smaps_rollup: Pss (proportional: pages shared by N processes
     /// count 1/N each), Pss_Anon, Pss_File, ...
     pub fn rollup_kib(&self, field: &str) -> u64 {
-        let rollup = fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid())).unwrap();
-        rollup
-            .lines()
+        self.proc_kib("smaps_rollup", field)
+    }
+
+    /// `field:  N kB` of /proc/<pid>/<file>, in KiB.
+    fn proc_kib(&self, file: &str, field: &str) -> u64 {
+        let text = fs::read_to_string(format!("/proc/{}/{file}", self.pid())).unwrap();
+        text.lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/smaps_rollup"))
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/{file}"))
     }
 
     /// User plus system CPU time so far, in clock ticks (utime + stime of /proc/<pid>/stat).
