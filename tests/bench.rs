@@ -167,19 +167,25 @@ async fn create_all(client: &Client, ns: &str, names: Vec<String>) {
 
 async fn wait_secrets(client: &Client, ns: &str, total_expected: usize) {
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    cluster::eventually(
+    wait_managed_secrets(
+        &secrets,
         &format!("{total_expected} Secrets in {ns}"),
-        Duration::from_secs(600),
-        || async {
-            let n = secrets
-                .list_metadata(&ListParams::default().labels(MANAGED))
-                .await
-                .ok()?
-                .items
-                .len();
-            (n >= total_expected).then_some(())
-        },
+        total_expected,
     )
+    .await;
+}
+
+/// Until `secrets` (one namespace's, or the admin's across all) holds `want` managed Secrets.
+async fn wait_managed_secrets(secrets: &Api<Secret>, what: &str, want: usize) {
+    cluster::eventually(what, Duration::from_secs(600), || async {
+        let have = secrets
+            .list_metadata(&ListParams::default().labels(MANAGED))
+            .await
+            .ok()?
+            .items
+            .len();
+        (have >= want).then_some(())
+    })
     .await;
 }
 
@@ -956,20 +962,7 @@ async fn fleet() {
             .unwrap();
         let all_secrets = Api::<Secret>::all(admin.clone());
         let want = n * per_ns;
-        cluster::eventually(
-            &format!("{want} managed Secrets"),
-            Duration::from_secs(600),
-            || async {
-                let have = all_secrets
-                    .list_metadata(&ListParams::default().labels(MANAGED))
-                    .await
-                    .ok()?
-                    .items
-                    .len();
-                (have >= want).then_some(())
-            },
-        )
-        .await;
+        wait_managed_secrets(&all_secrets, &format!("{want} managed Secrets"), want).await;
         progress(&format!(
             "{want} Credentials created and their Secrets written"
         ));
