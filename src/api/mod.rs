@@ -4,12 +4,14 @@
 //! defaults live in the schema for the same reason. The Rust types are the single source of the
 //! generated CRD bundle (`bulkhead crds`).
 
+pub mod builder;
 pub mod conditions;
 pub mod credential;
 pub mod duration;
 pub mod guard;
 pub mod tenant;
 
+pub use builder::{CredentialBuilder, credential};
 pub use conditions::{ConditionSet, ConditionStatus};
 pub use credential::{Credential, CredentialSpec, CredentialStatus, CredentialType};
 pub use guard::{Guarded, Undecodable};
