@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
-use crate::error::is_status;
+use crate::error::{Doing as _, is_status};
 
 /// Field manager the Lease is written with (exclusivity comes from the resourceVersion guard,
 /// not from field ownership).
@@ -202,7 +202,10 @@ impl Leadership {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         // A Lease that cannot be read is an error of `start`, reported before anything is
         // reconciled.
-        let first = api.get_opt(&config.lease_name).await?;
+        let first = api.get_opt(&config.lease_name).await.doing(format!(
+            "get Lease {}/{}",
+            config.namespace, config.lease_name
+        ))?;
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
         let mut elector = Elector::new(api.clone(), config.clone(), fence, tx);
@@ -404,7 +407,7 @@ impl Elector {
                     self.observe_read(lease, Instant::now());
                     Ok(())
                 }
-                Ok(Err(err)) => Err(err.to_string()),
+                Ok(Err(err)) => Err(self.failed("get", err)),
                 Err(_) => Err("timed out".to_owned()),
             },
             Step::Create => {
@@ -422,7 +425,7 @@ impl Elector {
                         self.known = Known::Unknown;
                         Ok(())
                     }
-                    Ok(Err(err)) => Err(err.to_string()),
+                    Ok(Err(err)) => Err(self.failed("create", err)),
                     Err(_) => Err("timed out".to_owned()),
                 }
             }
@@ -447,7 +450,7 @@ impl Elector {
                         self.known = Known::Absent;
                         Ok(())
                     }
-                    Ok(Err(err)) => Err(err.to_string()),
+                    Ok(Err(err)) => Err(self.failed("patch", err)),
                     Err(_) => Err("timed out".to_owned()),
                 }
             }
@@ -602,6 +605,15 @@ impl Elector {
         };
     }
 
+    /// A failed Lease call as one line naming the call and the Lease.
+    fn failed(&self, verb: &str, err: kube::Error) -> String {
+        let action = format!(
+            "{verb} Lease {}/{}",
+            self.config.namespace, self.config.lease_name
+        );
+        crate::Error::api(action, err).to_string()
+    }
+
     /// On shutdown: clear the holder (guarded), so a standby takes over at once.
     async fn release(&mut self) {
         let ours = matches!(&self.known, Known::Present { lease, .. } if holder(lease) == Some(self.config.identity.as_str()));
@@ -630,7 +642,11 @@ impl Elector {
                 tracing::info!("the Lease changed meanwhile; nothing to release");
             }
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "releasing the Lease failed; a standby takes over when it expires");
+                let error = self.failed("release (patch)", err);
+                tracing::warn!(
+                    error,
+                    "releasing the Lease failed; a standby takes over when it expires"
+                );
             }
             Err(_) => tracing::warn!(
                 "releasing the Lease timed out; a standby takes over when it expires"
@@ -697,12 +713,12 @@ fn lease_events(api: Api<Lease>, name: &str) -> impl Stream<Item = Seen> + Send 
 /// Validate the lease timings, with a message naming the flags.
 pub fn validate_timings(duration: Duration, grace: Duration) -> Result<()> {
     if duration < Duration::from_secs(5) {
-        return Err(crate::Error::Usage(
-            "--lease-duration must be at least 5s (default 30s)".to_owned(),
+        return Err(crate::Error::usage(
+            "--lease-duration must be at least 5s (default 30s)",
         ));
     }
     if grace.is_zero() || grace >= duration {
-        return Err(crate::Error::Usage(format!(
+        return Err(crate::Error::usage(format!(
             "--lease-renew-grace must be more than 0s and less than --lease-duration ({}); default 10s",
             crate::api::duration::format(duration)
         )));

@@ -260,9 +260,9 @@ pub async fn run(
     let (undecodable_tx, undecodable_rx) = tokio::sync::mpsc::unbounded_channel();
 
     let (reader, writer) = reflector::store_shared::<Credential>(256);
-    let credential_changes = writer.subscribe().ok_or_else(|| {
-        Error::Config("shared Credential store has no subscriber handle".to_owned())
-    })?;
+    let credential_changes = writer
+        .subscribe()
+        .ok_or_else(|| Error::config("shared Credential store has no subscriber handle"))?;
     // The one Credential watch of this instance: it fills the shared cache (whose subscriber
     // drives the Tenant's counts) and triggers the Credential controller.
     let credential_sift = Sift::new(reader.clone(), metrics.clone(), undecodable_tx.clone());
