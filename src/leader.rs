@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::backoff::Schedule;
 use crate::error::{Doing as _, is_status};
 
 /// Field manager the Lease is written with (exclusivity comes from the resourceVersion guard,
@@ -74,6 +75,16 @@ impl LeaderConfig {
     /// Pause between attempts while a write is due: several attempts fit into G/2.
     fn retry_period(&self) -> Duration {
         (self.renew_grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// Retries while not leading: twice the retry period doubling per failure, at most 32
+    /// periods and at most the renew grace (or one period, if that is longer).
+    fn standby_retries(&self) -> Schedule {
+        let period = self.retry_period();
+        Schedule::new(
+            period.saturating_mul(2),
+            self.renew_grace.max(period).min(period.saturating_mul(32)),
+        )
     }
 
     /// The longest a single Lease request may take.
@@ -462,13 +473,10 @@ impl Elector {
             }
             Err(error) => {
                 self.failures = self.failures.saturating_add(1);
-                let period = self.config.retry_period();
                 let delay = if self.renewed.is_some() {
-                    period
+                    self.config.retry_period()
                 } else {
-                    period
-                        .saturating_mul(1 << self.failures.min(5))
-                        .min(self.config.renew_grace.max(period))
+                    self.config.standby_retries().delay(self.failures)
                 };
                 tracing::warn!(
                     error,
@@ -745,6 +753,36 @@ mod tests {
             }
         });
         Client::new(service, "team-a")
+    }
+
+    #[test]
+    fn a_standby_retries_from_two_periods_doubling_to_the_grace_or_32_periods() {
+        let retries = |duration: u64, grace_ms: u64| {
+            let config = LeaderConfig {
+                enabled: true,
+                namespace: "team-a".into(),
+                lease_name: "bulkhead".into(),
+                identity: "me".into(),
+                lease_duration: Duration::from_secs(duration),
+                renew_grace: Duration::from_millis(grace_ms),
+            };
+            let schedule = config.standby_retries();
+            (1..=7)
+                .map(|f| u64::try_from(schedule.delay(f).as_millis()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Grace 10 s: period 1 s, capped at the grace.
+        assert_eq!(
+            retries(30, 10_000),
+            [2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000]
+        );
+        // Grace 100 s: period 2 s (its ceiling), capped at 32 periods.
+        assert_eq!(
+            retries(300, 100_000),
+            [4000, 8000, 16_000, 32_000, 64_000, 64_000, 64_000]
+        );
+        // Grace 500 ms: period 100 ms (its floor), capped at the grace.
+        assert_eq!(retries(5, 500), [200, 400, 500, 500, 500, 500, 500]);
     }
 
     fn elector() -> (Elector, watch::Receiver<bool>, Fence) {

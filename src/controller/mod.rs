@@ -5,7 +5,6 @@
 //! Credential watch feeds both controllers through a shared reflector, so the namespace is
 //! watched once per kind.
 
-pub mod backoff;
 pub mod credential;
 pub mod restart;
 pub mod tenant;
@@ -26,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::conditions::{ConditionStatus, Transition};
 use crate::api::{Credential, Guarded, Tenant, Undecodable};
+use crate::backoff::Backoff;
 use crate::resources;
 use crate::telemetry::Metrics;
 use crate::{Error, Result};
-pub use backoff::Backoff;
 
 /// Reconciles in flight per controller.
 pub const RECONCILE_CONCURRENCY: u16 = 8;
