@@ -165,6 +165,7 @@ impl Context {
             secondary: None,
         };
         if let Err(err) = self.recorder.publish(&event, regarding).await {
+            let err = Error::api(format!("create Event in {}", self.namespace), err);
             tracing::warn!(error = %err, reason, "cannot publish Event");
         }
     }
