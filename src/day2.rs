@@ -389,6 +389,38 @@ mod tests {
         s.parse().unwrap()
     }
 
+    #[test]
+    fn an_access_error_names_the_call_the_fix_and_keeps_the_kube_error() {
+        let answer = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: "nope".into(),
+                ..kube::core::Status::default()
+            }))
+        };
+        let forbidden = access_error(answer(403), "list tenants.bulkhead.dev", "team-a");
+        let text = forbidden.to_string();
+        assert!(
+            text.starts_with(
+                "your kubeconfig's user may not list tenants.bulkhead.dev in namespace team-a"
+            ) && text.ends_with(": HTTP 403 Forbidden: nope"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&forbidden).is_some_and(|s| s.is::<kube::Error>()));
+        let absent = access_error(answer(404), "list tenants.bulkhead.dev", "team-a");
+        assert!(
+            absent
+                .to_string()
+                .contains("kubectl apply --server-side -f crds-cluster/")
+        );
+        let other = access_error(answer(500), "list tenants.bulkhead.dev", "team-a");
+        assert_eq!(
+            other.to_string(),
+            "list tenants.bulkhead.dev in namespace team-a failed: HTTP 500 Internal Server Error: nope"
+        );
+        assert_eq!(other.metric_label(), "kube");
+    }
+
     fn credential(name: &str, spec: serde_json::Value, status: serde_json::Value) -> Credential {
         serde_json::from_value(json!({
             "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Credential",
