@@ -312,7 +312,12 @@ fn refusal_conditions(
             // The link coming up triggers a reconcile; this requeue is only a safety net.
             Action::requeue(NOT_LINKED_RETRY),
         ),
-        Refusal::Entropy(msg) => return Err(Error::Entropy(msg)),
+        Refusal::Entropy(source) => {
+            return Err(Error::Entropy {
+                doing: "generating a Secret value".to_owned(),
+                source,
+            });
+        }
     })
 }
 
@@ -468,11 +473,11 @@ async fn restart_if_owed(
         write_secret(ctx, credential.spec.type_, stored, desired).await?;
     }
     if outcome.forbidden.is_empty() {
-        if let Some((target, err)) = outcome.failed.first() {
-            return Err(Error::Restart(format!(
-                "restarting {:?}/{} failed: {err}",
-                target.kind, target.name
-            )));
+        if let Some((target, err)) = outcome.failed.into_iter().next() {
+            return Err(Error::Restart {
+                target: format!("{:?}/{}", target.kind, target.name),
+                source: Box::new(err),
+            });
         }
         Ok(permitted("every target was restarted"))
     } else {

@@ -232,7 +232,7 @@ pub enum Refusal {
     /// This type needs the control-plane link.
     NeedsControlPlane(CredentialType),
     /// The CSPRNG failed.
-    Entropy(String),
+    Entropy(getrandom::Error),
 }
 
 /// The Secret type a Credential's Secret has (immutable once created).
@@ -330,9 +330,7 @@ pub(crate) fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
 }
 
 fn entropy_err(e: getrandom::Error) -> Refusal {
-    Refusal::Entropy(format!(
-        "the operating system's random number generator failed: {e}"
-    ))
+    Refusal::Entropy(e)
 }
 
 /// Decide what the Secret should hold now.
