@@ -350,7 +350,8 @@ async fn run(args: RunArgs) -> Result<()> {
         )
         .await?,
     ];
-    if args.metrics_addr == args.probe_addr {
+    // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
+    if args.metrics_addr == args.probe_addr && args.metrics_addr.port() != 0 {
         return Err(Error::usage("--metrics-addr and --probe-addr must differ"));
     }
     servers.push(
