@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bulkhead::api::credential::{Alphabet, RestartKind};
 use bulkhead::api::{ConditionSet, Credential, Tenant};
 use cluster::{
     AuditLog, Binaries, Cluster, Operator, OperatorOptions, Release, credential, eventually,
@@ -297,33 +298,23 @@ async fn one_release_manages_credentials_with_only_its_role() {
     }))
     .unwrap();
     create(&admin, ns, &tenant).await;
-    let db = credential(
-        ns,
-        "db",
-        json!({"type": "Random", "random": {"length": 40, "alphabet": "hex"}, "secretName": "db-password",
-               "restartOnRotation": [{"kind": "Deployment", "name": "api"}]}),
-    );
+    let db = credential(ns, "db")
+        .random(40)
+        .alphabet(Alphabet::Hex)
+        .secret_name("db-password")
+        .restart(RestartKind::Deployment, "api")
+        .build();
     create(&admin, ns, &db).await;
-    let keys = credential(
-        ns,
-        "keys",
-        json!({"type": "KeySet", "keySet": {"size": 3}, "deletionPolicy": "Retain"}),
-    );
+    let keys = credential(ns, "keys").key_set(3).retain().build();
     create(&admin, ns, &keys).await;
-    let batch = credential(
-        ns,
-        "batch",
-        json!({"type": "Random", "random": {}, "restartOnRotation": [{"kind": "Deployment", "name": "worker"}]}),
-    );
+    let batch = credential(ns, "batch")
+        .restart(RestartKind::Deployment, "worker")
+        .build();
     create(&admin, ns, &batch).await;
     create(
         &admin,
         ns,
-        &credential(
-            ns,
-            "clash",
-            json!({"type": "Random", "random": {}, "secretName": "theirs"}),
-        ),
+        &credential(ns, "clash").secret_name("theirs").build(),
     )
     .await;
     create(&admin, ns, &random_credential(ns, "scratch")).await;

@@ -1425,28 +1425,14 @@ impl AuditLog {
 
 // ---- objects and polling -------------------------------------------------------------------------
 
-/// A Credential from its spec (JSON, as a user writes it).
-pub fn credential(
-    namespace: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> bulkhead::api::Credential {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "bulkhead.dev/v1alpha1",
-        "kind": "Credential",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }))
-    .unwrap()
+/// `bulkhead::api::credential(name)` in `namespace`: finish it with `.build()`.
+pub fn credential(namespace: &str, name: &str) -> bulkhead::api::CredentialBuilder {
+    bulkhead::api::credential(name).namespace(namespace)
 }
 
-/// A `Random` Credential with the defaults.
+/// A `Random` Credential with the defaults (32 alphanumeric characters).
 pub fn random_credential(namespace: &str, name: &str) -> bulkhead::api::Credential {
-    credential(
-        namespace,
-        name,
-        serde_json::json!({"type": "Random", "random": {"length": 32}}),
-    )
+    credential(namespace, name).build()
 }
 
 /// Poll `probe` every 50 ms until it returns `Some`, at most `timeout`.
