@@ -80,22 +80,19 @@ async fn garbage_collected(client: &Client, ns: &str, name: &str) {
     .await;
 }
 
-/// With re-checks every 3 s: a window in which the operator re-read `name` at least twice (a
-/// proof the reconciles ran) and wrote no Secret.
+/// With re-checks every 3 s: the window from the operator's next re-read of Secret `name` to
+/// the one after next (two whole reconciles, both begun after what the caller waited for), in
+/// which it wrote no Secret.
 async fn assert_no_secret_writes(cluster: &Cluster, release: &Release, name: &str) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let from = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let to = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let audit = cluster.audit();
     let user = release.user();
-    let window = audit.by_user_between(&user, from, to);
+    let window = cluster
+        .between_rereads(&user, NS, name, 3, Duration::from_secs(20))
+        .await;
     let rereads = window
         .iter()
         .filter(|e| e.verb == "get" && e.resource() == "secrets" && e.name() == name)
         .count();
-    assert!(rereads >= 2, "{rereads} re-reads of Secret {name} in 8 s");
+    assert!(rereads >= 2, "{rereads} re-reads of Secret {name}");
     let writes: Vec<String> = window
         .iter()
         .filter(|e| e.is_write() && e.resource() == "secrets")

@@ -1453,3 +1453,125 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---- signals from the audit log ------------------------------------------------------------------
+
+/// How often the audit log is read again while waiting on it.
+const AUDIT_POLL: Duration = Duration::from_millis(200);
+
+impl Cluster {
+    /// The first audit event (oldest first) that `matches`, waiting for it up to `timeout`.
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&AuditEvent) -> bool,
+    ) -> AuditEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.audit().events.into_iter().find(|e| matches(e)) {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what} in the audit log"
+            );
+            tokio::time::sleep(AUDIT_POLL).await;
+        }
+    }
+
+    /// Returns once a reconcile of Credential `name` (writing Secret `secret`) has run start to
+    /// finish after this call began: the proof to wait for before asserting that a reconcile
+    /// changed nothing.
+    ///
+    /// Each Credential reconcile reads its Secret once, first, and the reconciles of one object
+    /// never overlap. So: touch an annotation no one reads (a reconcile is triggered by it) and
+    /// wait for the operator's (`user`'s) GET of the Secret after the touch, a reconcile that
+    /// read the state as it is now; then once more, a reconcile after that one, which therefore
+    /// finished.
+    pub async fn wait_reconciled(
+        &self,
+        admin: &kube::Client,
+        user: &str,
+        namespace: &str,
+        name: &str,
+        secret: &str,
+    ) {
+        let credentials: kube::Api<bulkhead::api::Credential> =
+            kube::Api::namespaced(admin.clone(), namespace);
+        for round in 0..2 {
+            let since = Timestamp::now();
+            let poke = serde_json::json!({"metadata": {"annotations": {
+                "test.bulkhead.dev/poke": format!("{since}-{round}"),
+            }}});
+            credentials
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&poke),
+                )
+                .await
+                .unwrap();
+            self.wait_audit(
+                &format!("a reconcile of Credential {name} (a GET of Secret {secret})"),
+                Duration::from_secs(30),
+                |e| {
+                    e.user.username == user
+                        && e.verb == "get"
+                        && e.resource() == "secrets"
+                        && e.namespace() == namespace
+                        && e.name() == secret
+                        && e.request_received_timestamp >= since
+                },
+            )
+            .await;
+        }
+    }
+
+    /// The operator's (`user`'s) requests between two of its drift re-checks of Secret
+    /// `secret`: from its first re-read after this call began (a reconcile that started after
+    /// everything the caller waited for, so nothing from before is in the window) up to its
+    /// `reads`th. Whatever those reconciles wrote is inside.
+    pub async fn between_rereads(
+        &self,
+        user: &str,
+        namespace: &str,
+        secret: &str,
+        reads: usize,
+        timeout: Duration,
+    ) -> Vec<AuditEvent> {
+        let since = Timestamp::now();
+        let is_reread = |e: &AuditEvent| {
+            e.user.username == user
+                && e.verb == "get"
+                && e.resource() == "secrets"
+                && e.namespace() == namespace
+                && e.name() == secret
+                && e.request_received_timestamp >= since
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let audit = self.audit();
+            let rereads: Vec<Timestamp> = audit
+                .events
+                .iter()
+                .filter(|e| is_reread(e))
+                .map(|e| e.request_received_timestamp)
+                .collect();
+            if rereads.len() >= reads.max(2) {
+                let (from, to) = (rereads[0], rereads[reads.max(2) - 1]);
+                return audit
+                    .by_user_between(user, from, to)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {reads} re-reads of Secret {secret} within {timeout:?}",
+                rereads.len()
+            );
+            tokio::time::sleep(AUDIT_POLL).await;
+        }
+    }
+}
