@@ -25,7 +25,7 @@ use serde_json::json;
 use support::ApiDouble;
 use support::operator::{
     NS, condition, credential, credential_reconciled, eventually, options, request_rotation, role,
-    secret_value, start, tenant_reconciled,
+    secret_value, secret_writes, start, tenant_reconciled,
 };
 
 fn tenant() -> Tenant {
@@ -264,12 +264,7 @@ async fn a_foreign_secret_is_never_modified() {
         before,
         "the foreign Secret is untouched"
     );
-    let writes: Vec<String> = double
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let writes = secret_writes(&double);
     assert!(
         writes.is_empty(),
         "no write may reach a foreign Secret: {writes:?}"
@@ -542,6 +537,15 @@ fn leader_value(op: &support::operator::Running) -> bool {
         .any(|l| l == "bulkhead_leader 1")
 }
 
+/// One process on the double (with exactly its Role) that has taken the Lease (`SHORT_LEASE`).
+async fn leading_with_short_lease(double: &ApiDouble) -> support::operator::Running {
+    double.set_role(role(&options()));
+    let op =
+        support::operator::start_timed(double, "a", options(), Settings::default(), SHORT_LEASE);
+    eventually("leads", || leader_value(&op).then_some(())).await;
+    op
+}
+
 /// A Lease someone else held and stopped renewing long ago.
 fn stale_lease(holder: &str) -> k8s_openapi::api::coordination::v1::Lease {
     serde_json::from_value(json!({
@@ -611,10 +615,7 @@ async fn two_instances_racing_for_an_expired_lease_never_lead_together() {
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_before_the_lease_could_pass() {
     let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let op =
-        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
-    eventually("leads", || leader_value(&op).then_some(())).await;
+    let op = leading_with_short_lease(&double).await;
     let renewals = || {
         double
             .requests()
@@ -652,10 +653,7 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_could_pass() {
 #[tokio::test]
 async fn a_renewal_is_one_request() {
     let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let op =
-        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
-    eventually("leads", || leader_value(&op).then_some(())).await;
+    let op = leading_with_short_lease(&double).await;
     double.clear_requests();
     // Two renewals (every 3 s): every Lease request up to the second renewal's patch.
     let lease_requests = || -> Vec<String> {

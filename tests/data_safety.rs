@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use support::operator::{
     NS, condition, credential, credential_reconciled, eventually, options, request_rotation, role,
-    secret_value, start,
+    secret_value, secret_writes, start,
 };
 use support::{ApiDouble, Matcher};
 
@@ -30,15 +30,6 @@ fn edit(double: &ApiDouble, name: &str, change: impl FnOnce(&mut Credential)) {
 fn data_keys(double: &ApiDouble, name: &str) -> BTreeSet<String> {
     let s: Secret = double.get(NS, name).unwrap();
     s.data.unwrap_or_default().into_keys().collect()
-}
-
-fn secret_writes(double: &ApiDouble) -> Vec<String> {
-    double
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect()
 }
 
 /// Once a reconcile of each of `credentials` has run start to finish after this call began, no

@@ -7,8 +7,7 @@
 //! Short Lease timings (5 s Lease, 2 s renew grace: renewal every 3 s, renew deadline 4 s)
 //! keep each scenario to seconds.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,18 +26,8 @@ const CREDENTIALS: usize = 3;
 /// or not started).
 fn leader_sample(addr: SocketAddr) -> Option<bool> {
     let limit = Duration::from_millis(150);
-    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
-    stream.set_read_timeout(Some(limit)).ok()?;
-    stream.set_write_timeout(Some(limit)).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    text.lines().find_map(|line| match line {
+    let (_, body) = cluster::http_get_within(addr, "/metrics", limit, limit)?;
+    body.lines().find_map(|line| match line {
         "bulkhead_leader 1" => Some(true),
         "bulkhead_leader 0" => Some(false),
         _ => None,

@@ -396,8 +396,19 @@ pub fn clock_ticks_per_second() -> u64 {
 
 /// Minimal HTTP/1.1 GET on loopback (probes, metrics, etcd health): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    http_get_within(addr, path, Duration::from_secs(2), Duration::from_secs(5))
+}
+
+/// [`http_get`] giving up after `connect` to connect and `answer` for each read or write.
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    connect: Duration,
+    answer: Duration,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, connect).ok()?;
+    stream.set_read_timeout(Some(answer)).ok()?;
+    stream.set_write_timeout(Some(answer)).ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

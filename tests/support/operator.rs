@@ -136,6 +136,16 @@ pub fn secret_value(double: &ApiDouble, name: &str, key: &str) -> Option<String>
         .map(|b| String::from_utf8(b.0.clone()).unwrap())
 }
 
+/// Every request so far that wrote a Secret (anything but get, list, watch), as `METHOD path`.
+pub fn secret_writes(double: &ApiDouble) -> Vec<String> {
+    double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
 /// A Credential's condition `type_` as (status, reason, message).
 pub fn condition(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
     let c: Credential = double.get(NS, name)?;
