@@ -199,10 +199,10 @@ where
 /// reconcile R that read the state as it is now); poke again, and wait for another GET (a
 /// reconcile after R, which therefore finished).
 pub async fn credential_reconciled(double: &ApiDouble, name: &str) {
-    let secret: Credential = double
+    let credential: Credential = double
         .get(NS, name)
         .unwrap_or_else(|| panic!("no Credential {name}"));
-    let path = format!("/namespaces/{NS}/secrets/{}", secret.secret_name());
+    let path = format!("/namespaces/{NS}/secrets/{}", credential.secret_name());
     for _ in 0..2 {
         let mark = double.requests().len();
         poke::<Credential>(double, name);
