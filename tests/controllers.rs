@@ -24,8 +24,8 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 use support::ApiDouble;
 use support::operator::{
-    NS, condition, credential, credential_reconciled, eventually, options, request_rotation, role,
-    secret_value, secret_writes, start, tenant_reconciled,
+    NS, condition, credential, credential_reconciled, eventually, eventually_within, options,
+    request_rotation, role, secret_value, secret_writes, start, tenant_reconciled,
 };
 
 fn tenant() -> Tenant {
@@ -500,19 +500,15 @@ async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shu
 
     leader.stop().await;
     // The Lease lasts 30 s; waiting for expiry would blow far past this bound.
-    let holder = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let lease = double
-                .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
-                .unwrap();
-            if lease["spec"]["holderIdentity"] == "second" && leader_value(&standby) {
-                return lease;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the standby takes the released Lease within 5 s, not at its 30 s expiry");
+    let holder = eventually_within(
+        "the standby takes the released Lease within 5 s, not at its 30 s expiry",
+        Duration::from_secs(5),
+        || {
+            let lease = double.get_json("coordination.k8s.io", "leases", NS, "bulkhead")?;
+            (lease["spec"]["holderIdentity"] == "second" && leader_value(&standby)).then_some(lease)
+        },
+    )
+    .await;
     assert_eq!(holder["spec"]["leaseDurationSeconds"], 30);
 
     // The new leader reconciles: a new Credential gets its Secret.

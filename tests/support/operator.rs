@@ -118,14 +118,28 @@ pub fn start_timed(
     }
 }
 
-pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..500 {
+/// Polls `probe` every 20 ms until it returns `Some`, for at most 10 s.
+pub async fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, Duration::from_secs(10), probe).await
+}
+
+/// [`eventually`] with another bound, when the bound is what the test asserts.
+pub async fn eventually_within<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
         if let Some(v) = probe() {
             return v;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for {what}");
 }
 
 /// One data value of a Secret in the double, as text.
