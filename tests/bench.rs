@@ -400,13 +400,7 @@ async fn per_instance_cost() {
         startups.push(op.wait_ready(Duration::from_secs(60)));
         op.wait_leader(Duration::from_secs(60));
         if i < 4 {
-            op.process.signal("TERM");
-            assert!(
-                op.process
-                    .wait_exit(Duration::from_secs(20))
-                    .unwrap()
-                    .success()
-            );
+            terminate(&mut op);
         } else {
             operator = Some(op);
         }
@@ -587,13 +581,7 @@ async fn first_secret_after_start(cluster: &Cluster, admin: &Client) -> Vec<Dura
         let mut op = Operator::start(cluster, &kubeconfig, &options(ns, &format!("first-{i}")));
         let seen_at = seen.wait(&name, Duration::from_secs(60)).await;
         out.push(seen_at - op.started);
-        op.process.signal("TERM");
-        assert!(
-            op.process
-                .wait_exit(Duration::from_secs(20))
-                .unwrap()
-                .success()
-        );
+        terminate(&mut op);
     }
     out.sort();
     out
@@ -659,6 +647,17 @@ impl Foreign {
     }
 }
 
+/// SIGTERM `op`; it must exit cleanly within 20 s.
+fn terminate(op: &mut Operator) {
+    op.process.signal("TERM");
+    assert!(
+        op.process
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+}
+
 /// SIGTERM `op` (it must exit cleanly), start a new instance named `pod` in its namespace and
 /// wait until it has reconciled `credentials` Credentials: the instance, and how long those
 /// reconciles took from its taking the Lease.
@@ -669,13 +668,7 @@ async fn restart_until_reconciled(
     pod: &str,
     credentials: u32,
 ) -> (Operator, Duration) {
-    op.process.signal("TERM");
-    assert!(
-        op.process
-            .wait_exit(Duration::from_secs(20))
-            .unwrap()
-            .success()
-    );
+    terminate(&mut op);
     let ns = op.options.namespace.clone();
     drop(op);
     let mut restarted = Operator::start(cluster, kubeconfig, &options(&ns, pod));
@@ -826,13 +819,7 @@ async fn memory_knobs() {
             .await;
             tokio::time::sleep(SETTLE).await;
             rss.push(op.process.rss_kib());
-            op.process.signal("TERM");
-            assert!(
-                op.process
-                    .wait_exit(Duration::from_secs(20))
-                    .unwrap()
-                    .success()
-            );
+            terminate(&mut op);
         }
         let _ = writeln!(
             table,

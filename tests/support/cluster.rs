@@ -1343,6 +1343,22 @@ impl AuditEvent {
         self.object_ref.as_ref().map_or("", |o| o.name.as_str())
     }
 
+    /// A GET of Secret `namespace/secret` by `user` received at or after `since`.
+    pub fn is_read_of_secret(
+        &self,
+        user: &str,
+        namespace: &str,
+        secret: &str,
+        since: Timestamp,
+    ) -> bool {
+        self.user.username == user
+            && self.verb == "get"
+            && self.resource() == "secrets"
+            && self.namespace() == namespace
+            && self.name() == secret
+            && self.request_received_timestamp >= since
+    }
+
     pub fn code(&self) -> u16 {
         self.response_status.as_ref().map_or(0, |s| s.code)
     }
@@ -1526,14 +1542,7 @@ impl Cluster {
             self.wait_audit(
                 &format!("a reconcile of Credential {name} (a GET of Secret {secret})"),
                 Duration::from_secs(30),
-                |e| {
-                    e.user.username == user
-                        && e.verb == "get"
-                        && e.resource() == "secrets"
-                        && e.namespace() == namespace
-                        && e.name() == secret
-                        && e.request_received_timestamp >= since
-                },
+                |e| e.is_read_of_secret(user, namespace, secret, since),
             )
             .await;
         }
@@ -1552,21 +1561,13 @@ impl Cluster {
         timeout: Duration,
     ) -> Vec<AuditEvent> {
         let since = Timestamp::now();
-        let is_reread = |e: &AuditEvent| {
-            e.user.username == user
-                && e.verb == "get"
-                && e.resource() == "secrets"
-                && e.namespace() == namespace
-                && e.name() == secret
-                && e.request_received_timestamp >= since
-        };
         let deadline = Instant::now() + timeout;
         loop {
             let audit = self.audit();
             let rereads: Vec<Timestamp> = audit
                 .events
                 .iter()
-                .filter(|e| is_reread(e))
+                .filter(|e| e.is_read_of_secret(user, namespace, secret, since))
                 .map(|e| e.request_received_timestamp)
                 .collect();
             if rereads.len() >= reads.max(2) {
