@@ -229,10 +229,12 @@ mod tests {
         }
     }
 
+    /// Returns once every task has run until it waits on something. The tests run on a paused
+    /// clock, which Tokio moves forward only when no task can make progress: this sleep ends
+    /// at exactly that point (unlike a fixed number of yields, which may end before a chain of
+    /// wake-ups has run through).
     async fn settle() {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -400,13 +400,7 @@ async fn per_instance_cost() {
         startups.push(op.wait_ready(Duration::from_secs(60)));
         op.wait_leader(Duration::from_secs(60));
         if i < 4 {
-            op.process.signal("TERM");
-            assert!(
-                op.process
-                    .wait_exit(Duration::from_secs(20))
-                    .unwrap()
-                    .success()
-            );
+            terminate(&mut op);
         } else {
             operator = Some(op);
         }
@@ -464,29 +458,8 @@ async fn per_instance_cost() {
     let steady_peak = op.process.status_kib("VmHWM");
 
     // A restart with 1000 Credentials: every one reconciled at once by a cold instance.
-    op.process.signal("TERM");
-    assert!(
-        op.process
-            .wait_exit(Duration::from_secs(20))
-            .unwrap()
-            .success()
-    );
-    drop(op);
-    let mut restarted = Operator::start(&cluster, &kubeconfig, &options(ns, "bench-restart"));
-    restarted.wait_leader(Duration::from_secs(60));
-    let cold = Instant::now();
-    cluster::eventually(
-        "1000 Credentials reconciled after the restart",
-        Duration::from_secs(300),
-        || async {
-            let n = restarted
-                .metric("bulkhead_reconcile_total{controller=\"credential\"}")
-                .unwrap_or(0.0);
-            (n >= 1000.0).then_some(())
-        },
-    )
-    .await;
-    let cold_reconcile = cold.elapsed();
+    let (restarted, cold_reconcile) =
+        restart_until_reconciled(&cluster, &kubeconfig, op, "bench-restart", 1000).await;
     tokio::time::sleep(SETTLE).await;
     let restart_peak = restarted.process.status_kib("VmHWM");
     let restart_rss = restarted.process.rss_kib();
@@ -608,13 +581,7 @@ async fn first_secret_after_start(cluster: &Cluster, admin: &Client) -> Vec<Dura
         let mut op = Operator::start(cluster, &kubeconfig, &options(ns, &format!("first-{i}")));
         let seen_at = seen.wait(&name, Duration::from_secs(60)).await;
         out.push(seen_at - op.started);
-        op.process.signal("TERM");
-        assert!(
-            op.process
-                .wait_exit(Duration::from_secs(20))
-                .unwrap()
-                .success()
-        );
+        terminate(&mut op);
     }
     out.sort();
     out
@@ -680,6 +647,47 @@ impl Foreign {
     }
 }
 
+/// SIGTERM `op`; it must exit cleanly within 20 s.
+fn terminate(op: &mut Operator) {
+    op.process.signal("TERM");
+    assert!(
+        op.process
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+}
+
+/// SIGTERM `op` (it must exit cleanly), start a new instance named `pod` in its namespace and
+/// wait until it has reconciled `credentials` Credentials: the instance, and how long those
+/// reconciles took from its taking the Lease.
+async fn restart_until_reconciled(
+    cluster: &Cluster,
+    kubeconfig: &std::path::Path,
+    mut op: Operator,
+    pod: &str,
+    credentials: u32,
+) -> (Operator, Duration) {
+    terminate(&mut op);
+    let ns = op.options.namespace.clone();
+    drop(op);
+    let mut restarted = Operator::start(cluster, kubeconfig, &options(&ns, pod));
+    restarted.wait_leader(Duration::from_secs(60));
+    let cold = Instant::now();
+    cluster::eventually(
+        &format!("{credentials} Credentials reconciled after the restart"),
+        Duration::from_secs(300),
+        || async {
+            let n = restarted
+                .metric("bulkhead_reconcile_total{controller=\"credential\"}")
+                .unwrap_or(0.0);
+            (n >= f64::from(credentials)).then_some(())
+        },
+    )
+    .await;
+    (restarted, cold.elapsed())
+}
+
 async fn foreign_secrets(cluster: &Cluster, admin: &Client) -> Foreign {
     const COUNT: usize = 2000;
     const SIZE: usize = 64 * 1024;
@@ -737,27 +745,8 @@ async fn foreign_secrets(cluster: &Cluster, admin: &Client) -> Foreign {
     let after = idle_window(cluster, &[(&op, &release)]).await;
     assert!(op.process.is_running(), "the instance survived");
 
-    op.process.signal("TERM");
-    assert!(
-        op.process
-            .wait_exit(Duration::from_secs(20))
-            .unwrap()
-            .success()
-    );
-    drop(op);
-    let mut restarted = Operator::start(cluster, &kubeconfig, &options(ns, "foreign-restart"));
-    restarted.wait_leader(Duration::from_secs(60));
-    cluster::eventually(
-        "10 Credentials reconciled after the restart",
-        Duration::from_secs(120),
-        || async {
-            let n = restarted
-                .metric("bulkhead_reconcile_total{controller=\"credential\"}")
-                .unwrap_or(0.0);
-            (n >= 10.0).then_some(())
-        },
-    )
-    .await;
+    let (restarted, _) =
+        restart_until_reconciled(cluster, &kubeconfig, op, "foreign-restart", 10).await;
     tokio::time::sleep(SETTLE).await;
     Foreign {
         before,
@@ -830,13 +819,7 @@ async fn memory_knobs() {
             .await;
             tokio::time::sleep(SETTLE).await;
             rss.push(op.process.rss_kib());
-            op.process.signal("TERM");
-            assert!(
-                op.process
-                    .wait_exit(Duration::from_secs(20))
-                    .unwrap()
-                    .success()
-            );
+            terminate(&mut op);
         }
         let _ = writeln!(
             table,

@@ -11,10 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use bulkhead::api::credential::{
-    Alphabet, CredentialSpec, CredentialType, DeletionPolicy, KeySetSpec, RandomSpec, RestartKind,
-    RestartTarget,
-};
+use bulkhead::api::credential::RestartKind;
 use bulkhead::api::tenant::TenantSpec;
 use bulkhead::api::{ConditionSet, Credential, Tenant};
 use bulkhead::controller::Settings;
@@ -26,9 +23,10 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::ObjectMeta;
 use serde_json::json;
 use support::ApiDouble;
-use support::operator::{eventually, options, role, secret_value, start};
-
-use support::operator::NS;
+use support::operator::{
+    NS, condition, credential, credential_reconciled, eventually, eventually_within, options,
+    request_rotation, role, secret_value, secret_writes, start, tenant_reconciled,
+};
 
 fn tenant() -> Tenant {
     let mut t = Tenant::new(
@@ -40,44 +38,6 @@ fn tenant() -> Tenant {
     );
     t.metadata.namespace = Some(NS.into());
     t
-}
-
-fn credential(name: &str, type_: CredentialType) -> Credential {
-    let mut c = Credential::new(
-        name,
-        CredentialSpec {
-            type_,
-            random: (type_ == CredentialType::Random).then_some(RandomSpec {
-                length: 32,
-                alphabet: Alphabet::Alphanumeric,
-            }),
-            key_set: (type_ == CredentialType::KeySet).then_some(KeySetSpec { size: 3 }),
-            control_plane_token: None,
-            registry_credentials: None,
-            secret_name: None,
-            rotation: None,
-            restart_on_rotation: vec![],
-            deletion_policy: DeletionPolicy::Delete,
-            adopt: false,
-        },
-    );
-    c.metadata.namespace = Some(NS.into());
-    c
-}
-
-fn condition(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let c: Credential = double.get(NS, name)?;
-    let cond = c.status?.conditions.find(type_)?.clone();
-    Some((cond.status, cond.reason, cond.message))
-}
-
-fn request_rotation(double: &ApiDouble, name: &str, stamp: &str) {
-    let mut c: Credential = double.get(NS, name).unwrap();
-    c.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert("bulkhead.dev/rotate-requested-at".into(), stamp.into());
-    double.insert(&c);
 }
 
 fn deployment(name: &str) -> Deployment {
@@ -157,16 +117,13 @@ async fn full_cycle_creates_rotates_restarts_and_stays_in_the_namespace() {
     double.set_role(role(&rbac));
     double.insert(&tenant());
     double.insert(&deployment("api"));
-    let mut db = credential("db", CredentialType::Random);
-    db.spec.secret_name = Some("db-password".into());
-    db.spec.restart_on_rotation = vec![RestartTarget {
-        kind: RestartKind::Deployment,
-        name: "api".into(),
-    }];
-    double.insert(&db);
-    let mut keys = credential("keys", CredentialType::KeySet);
-    keys.spec.deletion_policy = DeletionPolicy::Retain;
-    double.insert(&keys);
+    double.insert(
+        &credential("db")
+            .secret_name("db-password")
+            .restart(RestartKind::Deployment, "api")
+            .build(),
+    );
+    double.insert(&credential("keys").key_set(3).retain().build());
 
     let op = start(&double, "a", rbac, Settings::default());
 
@@ -256,8 +213,8 @@ async fn full_cycle_creates_rotates_restarts_and_stays_in_the_namespace() {
         "{rotations}"
     );
 
-    // Settled: the same request never rotates twice.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Settled: the same request never rotates twice, not even in a reconcile that ran after it.
+    credential_reconciled(&double, "db").await;
     assert_eq!(
         secret_value(&double, "db-password", "value").as_deref(),
         Some(second.as_str())
@@ -288,7 +245,7 @@ async fn a_foreign_secret_is_never_modified() {
     let foreign = foreign_secret(&[("value", "theirs")]);
     double.insert(&foreign);
     let before = double.get_json("", "secrets", NS, "db").unwrap();
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
 
     let op = start(&double, "a", options(), Settings::default());
     let (_, reason, message) = eventually("Conflict", || {
@@ -298,7 +255,8 @@ async fn a_foreign_secret_is_never_modified() {
     assert_eq!(reason, "SecretNotManaged");
     assert!(message.contains("adopt: true"), "{message}");
     assert_eq!(condition(&double, "db", "Ready").unwrap().0, "False");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Not on a later reconcile either.
+    credential_reconciled(&double, "db").await;
     op.stop().await;
 
     assert_eq!(
@@ -306,12 +264,7 @@ async fn a_foreign_secret_is_never_modified() {
         before,
         "the foreign Secret is untouched"
     );
-    let writes: Vec<String> = double
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let writes = secret_writes(&double);
     assert!(
         writes.is_empty(),
         "no write may reach a foreign Secret: {writes:?}"
@@ -324,9 +277,7 @@ async fn adopt_takes_over_and_keeps_the_value() {
     double.set_role(role(&options()));
     let foreign = foreign_secret(&[("value", "theirs"), ("note", "kept")]);
     double.insert(&foreign);
-    let mut c = credential("db", CredentialType::Random);
-    c.spec.adopt = true;
-    double.insert(&c);
+    double.insert(&credential("db").adopt().build());
     let op = start(&double, "a", options(), Settings::default());
     eventually("adopted", || {
         condition(&double, "db", "Rotated").filter(|c| c.1 == "Adopted")
@@ -351,12 +302,11 @@ fn restart_target_not_in_the_role() -> ApiDouble {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
     double.insert(&deployment("api"));
-    let mut c = credential("db", CredentialType::Random);
-    c.spec.restart_on_rotation = vec![RestartTarget {
-        kind: RestartKind::Deployment,
-        name: "api".into(),
-    }];
-    double.insert(&c);
+    double.insert(
+        &credential("db")
+            .restart(RestartKind::Deployment, "api")
+            .build(),
+    );
     double
 }
 
@@ -423,7 +373,7 @@ async fn drift_is_repaired_by_the_watch_only_when_it_is_enabled() {
         ..options()
     };
     double.set_role(role(&rbac));
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let settings = Settings {
         drift_check: Duration::from_secs(3600),
         watch_managed_secrets: true,
@@ -469,7 +419,7 @@ async fn missing_rights_keep_it_unready_and_writing_nothing() {
         })
         .collect();
     double.set_role(rules);
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let op = start(&double, "a", options(), Settings::default());
     let reason = eventually("not ready", || {
         op.readiness.reason().filter(|r| r.contains("leases"))
@@ -477,7 +427,17 @@ async fn missing_rights_keep_it_unready_and_writing_nothing() {
     .await;
     assert!(reason.contains("leaderElection.leaseName"), "{reason}");
     assert!(op.metrics.encode().contains("bulkhead_preflight_ok 0"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proof the process went on running: the preflight is retried (after its backoff)
+    // and refuses again. Controllers would have started right after the first one.
+    let reviews = || {
+        double
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/selfsubjectrulesreviews"))
+            .count()
+    };
+    eventually("the preflight retried", || (reviews() >= 2).then_some(())).await;
+    assert_eq!(op.reconciles("credential"), 0);
     let readiness = op.readiness.clone();
     op.stop().await;
     assert!(readiness.reason().is_some());
@@ -514,15 +474,23 @@ async fn a_missing_crd_is_reported_not_crashed_on() {
 async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shuts_down() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let leader = start(&double, "first", options(), Settings::default());
     eventually("leader reconciles", || secret_value(&double, "db", "value")).await;
+    let mark = double.requests().len();
     let standby = start(&double, "second", options(), Settings::default());
     eventually("standby ready", || {
         standby.readiness.reason().is_none().then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The standby read the Lease and went on to watch it: it has decided not to lead.
+    eventually("the standby watches the Lease", || {
+        double.requests()[mark..]
+            .iter()
+            .any(|r| r.resource == "leases" && r.verb == "watch")
+            .then_some(())
+    })
+    .await;
     assert!(leader_value(&leader));
     assert!(!leader_value(&standby));
     let lease = double
@@ -532,23 +500,19 @@ async fn a_second_instance_stands_by_then_takes_over_at_once_when_the_leader_shu
 
     leader.stop().await;
     // The Lease lasts 30 s; waiting for expiry would blow far past this bound.
-    let holder = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let lease = double
-                .get_json("coordination.k8s.io", "leases", NS, "bulkhead")
-                .unwrap();
-            if lease["spec"]["holderIdentity"] == "second" && leader_value(&standby) {
-                return lease;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the standby takes the released Lease within 5 s, not at its 30 s expiry");
+    let holder = eventually_within(
+        "the standby takes the released Lease within 5 s, not at its 30 s expiry",
+        Duration::from_secs(5),
+        || {
+            let lease = double.get_json("coordination.k8s.io", "leases", NS, "bulkhead")?;
+            (lease["spec"]["holderIdentity"] == "second" && leader_value(&standby)).then_some(lease)
+        },
+    )
+    .await;
     assert_eq!(holder["spec"]["leaseDurationSeconds"], 30);
 
     // The new leader reconciles: a new Credential gets its Secret.
-    double.insert(&credential("api", CredentialType::Random));
+    double.insert(&credential("api").build());
     eventually("new leader reconciles", || {
         secret_value(&double, "api", "value")
     })
@@ -567,6 +531,15 @@ fn leader_value(op: &support::operator::Running) -> bool {
         .encode()
         .lines()
         .any(|l| l == "bulkhead_leader 1")
+}
+
+/// One process on the double (with exactly its Role) that has taken the Lease (`SHORT_LEASE`).
+async fn leading_with_short_lease(double: &ApiDouble) -> support::operator::Running {
+    double.set_role(role(&options()));
+    let op =
+        support::operator::start_timed(double, "a", options(), Settings::default(), SHORT_LEASE);
+    eventually("leads", || leader_value(&op).then_some(())).await;
+    op
 }
 
 /// A Lease someone else held and stopped renewing long ago.
@@ -638,10 +611,7 @@ async fn two_instances_racing_for_an_expired_lease_never_lead_together() {
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_before_the_lease_could_pass() {
     let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let op =
-        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
-    eventually("leads", || leader_value(&op).then_some(())).await;
+    let op = leading_with_short_lease(&double).await;
     let renewals = || {
         double
             .requests()
@@ -679,19 +649,27 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_could_pass() {
 #[tokio::test]
 async fn a_renewal_is_one_request() {
     let double = ApiDouble::new();
-    double.set_role(role(&options()));
-    let op =
-        support::operator::start_timed(&double, "a", options(), Settings::default(), SHORT_LEASE);
-    eventually("leads", || leader_value(&op).then_some(())).await;
+    let op = leading_with_short_lease(&double).await;
     double.clear_requests();
-    // Two renewals (every 3 s).
-    tokio::time::sleep(Duration::from_millis(6500)).await;
-    let lease_requests: Vec<String> = double
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "leases" && r.verb != "watch")
-        .map(|r| format!("{} {}", r.verb, r.path))
-        .collect();
+    // Two renewals (every 3 s): every Lease request up to the second renewal's patch.
+    let lease_requests = || -> Vec<String> {
+        double
+            .requests()
+            .iter()
+            .filter(|r| r.resource == "leases" && r.verb != "watch")
+            .map(|r| format!("{} {}", r.verb, r.path))
+            .collect()
+    };
+    eventually("two renewals", || {
+        (lease_requests()
+            .iter()
+            .filter(|r| r.starts_with("patch "))
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    let lease_requests = lease_requests();
     assert_eq!(
         lease_requests.len(),
         2,
@@ -719,15 +697,6 @@ fn tenant_status_writes(double: &ApiDouble) -> usize {
         .count()
 }
 
-fn reconciles(op: &support::operator::Running, controller: &str) -> u64 {
-    let prefix = format!("bulkhead_reconcile_total{{controller=\"{controller}\"}} ");
-    op.metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A restart with settled Credentials re-reads everything and writes nothing but the Lease:
 /// in particular the Tenant's counts are not first rewritten from a cache still listing.
 #[tokio::test]
@@ -736,7 +705,7 @@ async fn a_restart_with_settled_credentials_writes_nothing_but_the_lease() {
     double.set_role(role(&options()));
     double.insert(&tenant());
     for i in 0..20 {
-        double.insert(&credential(&format!("c{i}"), CredentialType::Random));
+        double.insert(&credential(&format!("c{i}")).build());
     }
     let op = start(&double, "a", options(), Settings::default());
     eventually("all counted Ready", || {
@@ -749,11 +718,12 @@ async fn a_restart_with_settled_credentials_writes_nothing_but_the_lease() {
     let op = start(&double, "b", options(), Settings::default());
     // The signal that the work ran: every Credential and the Tenant reconciled.
     eventually("every object reconciled", || {
-        (reconciles(&op, "credential") >= 20 && reconciles(&op, "tenant") >= 1).then_some(())
+        (op.reconciles("credential") >= 20 && op.reconciles("tenant") >= 1).then_some(())
     })
     .await;
-    // Let anything still queued after those reconciles land.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Anything still queued (a Tenant count write is deferred up to a second) has landed or
+    // been superseded once a Tenant reconcile that started after those has finished.
+    tenant_reconciled(&op, &double).await;
     let writes: Vec<String> = double
         .requests()
         .iter()
@@ -783,7 +753,7 @@ async fn the_tenants_counts_are_written_at_most_once_a_second() {
     let before = tenant_status_writes(&double);
     let started = tokio::time::Instant::now();
     for i in 0..40 {
-        double.insert(&credential(&format!("c{i}"), CredentialType::Random));
+        double.insert(&credential(&format!("c{i}")).build());
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     eventually("all counted Ready", || {
@@ -840,7 +810,7 @@ async fn an_undecodable_credential_is_reported_and_the_others_still_reconcile() 
         NS,
         undecodable_credential("aaa-cert"),
     );
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let op = start(&double, "a", options(), Settings::default());
 
     eventually("ready despite the undecodable object", || {
@@ -878,7 +848,7 @@ async fn an_undecodable_credential_is_reported_and_the_others_still_reconcile() 
         secret_value(&double, "db", "value").filter(|v| *v != first)
     })
     .await;
-    double.insert(&credential("api", CredentialType::KeySet));
+    double.insert(&credential("api").key_set(3).build());
     eventually("api created", || double.get::<Secret>(NS, "api")).await;
 
     // A decodable Credential edited into an undecodable one leaves the cache: nothing acts
@@ -916,7 +886,7 @@ async fn an_undecodable_tenant_is_reported_and_credentials_still_reconcile() {
             "spec": {"contacts": "team-a@example.com"}
         }),
     );
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let op = start(&double, "a", options(), Settings::default());
     eventually("db created", || secret_value(&double, "db", "value")).await;
     let event = eventually("a Warning Event about the Tenant", || {

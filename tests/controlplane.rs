@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bulkhead::api::credential::{
-    ControlPlaneTokenSpec, CredentialSpec, CredentialType, DeletionPolicy, RegistryCredentialsSpec,
-};
+use bulkhead::api::credential::CredentialType;
 use bulkhead::api::tenant::{ControlPlaneSpec, TenantSpec};
 use bulkhead::api::{ConditionSet, Credential, Tenant};
 use bulkhead::controller::Settings;
@@ -28,7 +26,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use support::ApiDouble;
 use support::devcp::{DevConfig, DevControlPlane, Fault, FaultMatch};
-use support::operator::{NS, eventually, options, role, secret_value, start};
+use support::operator::{
+    NS, condition, credential, credential_reconciled, eventually, options, role, secret_value,
+    start, tenant_condition, tenant_reconciled,
+};
 use support::pki::{self, ClientCert, TestCa};
 
 const TENANT: &str = "team-a";
@@ -433,33 +434,18 @@ fn linked_tenant(settings: serde_json::Value) -> Tenant {
     t
 }
 
+/// A Credential the control plane issues: a token for `spark-jobs` or registry credentials.
 fn issued(name: &str, type_: CredentialType) -> Credential {
-    let mut c = Credential::new(
-        name,
-        CredentialSpec {
-            type_,
-            random: None,
-            key_set: None,
-            control_plane_token: (type_ == CredentialType::ControlPlaneToken).then(|| {
-                ControlPlaneTokenSpec {
-                    audience: "spark-jobs".into(),
-                    ttl: "1h".into(),
-                }
-            }),
-            registry_credentials: (type_ == CredentialType::RegistryCredentials).then(|| {
-                RegistryCredentialsSpec {
-                    server: "registry.example.com".into(),
-                }
-            }),
-            secret_name: None,
-            rotation: None,
-            restart_on_rotation: vec![],
-            deletion_policy: DeletionPolicy::Delete,
-            adopt: false,
-        },
-    );
-    c.metadata.namespace = Some(NS.into());
-    c
+    match type_ {
+        CredentialType::ControlPlaneToken => {
+            credential(name).control_plane_token("spark-jobs", "1h")
+        }
+        CredentialType::RegistryCredentials => {
+            credential(name).registry_credentials("registry.example.com")
+        }
+        other => panic!("{other:?} is not issued by the control plane"),
+    }
+    .build()
 }
 
 /// The operator running against the API double with a linked Tenant (identity Secret naming
@@ -481,12 +467,6 @@ fn linked_operator(
     }
     let op = start(&double, "a", options(), settings());
     (double, id, op)
-}
-
-fn tenant_condition(double: &ApiDouble, type_: &str) -> Option<(String, String, String)> {
-    let t: Tenant = double.get(NS, "tenant")?;
-    let c = t.status?.conditions.find(type_)?.clone();
-    Some((c.status, c.reason, c.message))
 }
 
 fn settings() -> Settings {
@@ -555,7 +535,7 @@ async fn the_operator_links_the_tenant_issues_credentials_and_is_quiet_at_steady
         (t.status?.credentials?.ready == 2).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tenant_reconciled(&op, &double).await;
     let puts_before = puts(&w.cp);
     let requests_before = double.requests().len();
     let mut touched: Credential = double.get(NS, "jobs").unwrap();
@@ -565,7 +545,9 @@ async fn the_operator_links_the_tenant_issues_credentials_and_is_quiet_at_steady
         .get_or_insert_with(Default::default)
         .insert("team".into(), "a".into());
     double.insert(&touched);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The Credential's reconcile, then a Tenant reconcile after the change, have finished.
+    credential_reconciled(&double, "jobs").await;
+    tenant_reconciled(&op, &double).await;
     assert_eq!(
         puts(&w.cp),
         puts_before,
@@ -798,7 +780,16 @@ async fn nothing_is_issued_once_the_tenant_is_gone() {
     double
         .delete_json("bulkhead.dev", "tenants", NS, "tenant")
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proof the operator's cache has dropped the Tenant: a Tenant created after the
+    // deletion, on the same watch, has been reconciled (a misnamed one gets a status saying so).
+    let mut marker = Tenant::new("marker", TenantSpec::default());
+    marker.metadata.namespace = Some(NS.into());
+    double.insert(&marker);
+    eventually("the Tenant created after the deletion reconciled", || {
+        let t: Tenant = double.get(NS, "marker")?;
+        t.status.map(|_| ())
+    })
+    .await;
     w.cp.clear_requests();
     let mut c: Credential = double.get(NS, "jobs").unwrap();
     c.metadata
@@ -858,22 +849,23 @@ async fn requests_under_a_persistent_fault(fault: Fault) -> (usize, usize, Strin
         &[("jobs", CredentialType::ControlPlaneToken)],
     );
     let (_, reason, _) = eventually("the failure is reported", || {
-        condition_of(&double, "jobs", "Ready").filter(|(s, ..)| s == "False")
+        condition(&double, "jobs", "Ready").filter(|(s, ..)| s == "False")
     })
     .await;
     let (before_requests, before_writes) = (token_requests(&w.cp), status_writes(&double, "jobs"));
-    // Reconciles start at about 0, 1, 3 and 7 s after the first failure.
+    let before_reconciles = op.reconciles("credential");
+    // A rate, so a window of wall time: reconciles start at about 0, 1, 3 and 7 s after the
+    // first failure.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let requests = token_requests(&w.cp) - before_requests;
     let writes = status_writes(&double, "jobs") - before_writes;
+    // The bounds below mean something only if the window saw the retries.
+    assert!(
+        op.reconciles("credential") > before_reconciles && requests > 0,
+        "no retry within the window: the operator stalled"
+    );
     op.stop().await;
     (requests, writes, reason)
-}
-
-fn condition_of(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let c: Credential = double.get(NS, name)?;
-    let cond = c.status?.conditions.find(type_)?.clone();
-    Some((cond.status, cond.reason, cond.message))
 }
 
 #[tokio::test]

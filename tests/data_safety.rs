@@ -9,48 +9,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bulkhead::api::Credential;
-use bulkhead::api::credential::{
-    Alphabet, CredentialSpec, CredentialType, DeletionPolicy, KeySetSpec, RandomSpec, RotationSpec,
-};
+use bulkhead::api::credential::DeletionPolicy;
 use bulkhead::controller::Settings;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
-use support::operator::{NS, eventually, options, role, secret_value, start};
+use support::operator::{
+    NS, condition, credential, credential_reconciled, eventually, options, request_rotation, role,
+    secret_value, secret_writes, start,
+};
 use support::{ApiDouble, Matcher};
-
-fn credential(name: &str, type_: CredentialType) -> Credential {
-    let mut c = Credential::new(
-        name,
-        CredentialSpec {
-            type_,
-            random: (type_ == CredentialType::Random).then_some(RandomSpec {
-                length: 32,
-                alphabet: Alphabet::Alphanumeric,
-            }),
-            key_set: (type_ == CredentialType::KeySet).then_some(KeySetSpec { size: 2 }),
-            control_plane_token: None,
-            registry_credentials: None,
-            secret_name: None,
-            rotation: None,
-            restart_on_rotation: vec![],
-            deletion_policy: DeletionPolicy::Delete,
-            adopt: false,
-        },
-    );
-    c.metadata.namespace = Some(NS.into());
-    c
-}
-
-fn condition(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let c: Credential = double.get(NS, name)?;
-    let cond = c
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
-    Some((cond.status, cond.reason, cond.message))
-}
 
 /// Change a stored Credential as a user would, bumping its generation.
 fn edit(double: &ApiDouble, name: &str, change: impl FnOnce(&mut Credential)) {
@@ -59,42 +27,18 @@ fn edit(double: &ApiDouble, name: &str, change: impl FnOnce(&mut Credential)) {
     double.insert(&c);
 }
 
-fn request_rotation(double: &ApiDouble, name: &str, stamp: &str) {
-    edit(double, name, |c| {
-        c.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert("bulkhead.dev/rotate-requested-at".into(), stamp.into());
-    });
-}
-
 fn data_keys(double: &ApiDouble, name: &str) -> BTreeSet<String> {
     let s: Secret = double.get(NS, name).unwrap();
     s.data.unwrap_or_default().into_keys().collect()
 }
 
-fn secret_writes(double: &ApiDouble) -> Vec<String> {
-    double
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect()
-}
-
-/// After `proof` shows a reconcile ran after the last change (the drift re-check runs every
-/// 100 ms here), no Secret was written in the window.
-async fn assert_idle(double: &ApiDouble) {
+/// Once a reconcile of each of `credentials` has run start to finish after this call began, no
+/// Secret was written in the meantime: the steady state writes nothing.
+async fn assert_idle(double: &ApiDouble, credentials: &[&str]) {
     double.clear_requests();
-    eventually("two reconciles", || {
-        let gets = double
-            .requests()
-            .iter()
-            .filter(|r| r.resource == "secrets" && r.verb == "get")
-            .count();
-        (gets >= 2).then_some(())
-    })
-    .await;
+    for name in credentials {
+        credential_reconciled(double, name).await;
+    }
     assert_eq!(
         secret_writes(double),
         Vec::<String>::new(),
@@ -130,7 +74,7 @@ fn foreign_secret(name: &str, type_: &str, data: &[(&str, &[u8])]) -> Secret {
 async fn a_key_set_never_holds_more_keys_than_its_size() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    double.insert(&credential("keys", CredentialType::KeySet));
+    double.insert(&credential("keys").key_set(2).build());
     let op = start(&double, "a", options(), settings());
     eventually("created", || secret_value(&double, "keys", "1")).await;
     for (round, stamp) in ["r1", "r2", "r3"].into_iter().enumerate() {
@@ -143,7 +87,7 @@ async fn a_key_set_never_holds_more_keys_than_its_size() {
         })
         .await;
     }
-    assert_idle(&double).await;
+    assert_idle(&double, &["keys"]).await;
     op.stop().await;
 }
 
@@ -151,7 +95,7 @@ async fn a_key_set_never_holds_more_keys_than_its_size() {
 async fn delete_then_retain_drops_the_owner_reference() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let op = start(&double, "a", options(), settings());
     let owned = |double: &ApiDouble| {
         let s: Secret = double.get(NS, "db")?;
@@ -162,7 +106,7 @@ async fn delete_then_retain_drops_the_owner_reference() {
         c.spec.deletion_policy = DeletionPolicy::Retain
     });
     eventually("no owner reference", || owned(&double).filter(|o| !o)).await;
-    assert_idle(&double).await;
+    assert_idle(&double, &["db"]).await;
     op.stop().await;
 }
 
@@ -170,13 +114,7 @@ async fn delete_then_retain_drops_the_owner_reference() {
 async fn keep_previous_true_then_false_drops_the_previous_value() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    let mut c = credential("db", CredentialType::Random);
-    c.spec.rotation = Some(RotationSpec {
-        every: Some("720h".into()),
-        schedule: None,
-        keep_previous: true,
-    });
-    double.insert(&c);
+    double.insert(&credential("db").every("720h").keep_previous(true).build());
     let op = start(&double, "a", options(), settings());
     eventually("created", || secret_value(&double, "db", "value")).await;
     request_rotation(&double, "db", "r1");
@@ -190,7 +128,7 @@ async fn keep_previous_true_then_false_drops_the_previous_value() {
         (!data_keys(&double, "db").contains("value.previous")).then_some(())
     })
     .await;
-    assert_idle(&double).await;
+    assert_idle(&double, &["db"]).await;
     op.stop().await;
 }
 
@@ -206,11 +144,6 @@ async fn conflict_message(double: &ApiDouble, name: &str) -> String {
 async fn what_cannot_be_adopted_without_loss_is_a_conflict_and_left_untouched() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    let adopting = |name: &str, type_| {
-        let mut c = credential(name, type_);
-        c.spec.adopt = true;
-        c
-    };
     let untouched = [
         foreign_secret("binary", "Opaque", &[("value", &[0xff, 0xfe, 0x00])]),
         foreign_secret("partial", "Opaque", &[("1", b"k1"), ("2", b"k2")]),
@@ -227,15 +160,13 @@ async fn what_cannot_be_adopted_without_loss_is_a_conflict_and_left_untouched() 
         .iter()
         .map(|n| double.get_json("", "secrets", NS, n).unwrap())
         .collect();
-    double.insert(&adopting("binary", CredentialType::Random));
-    double.insert(&adopting("partial", CredentialType::KeySet));
-    double.insert(&adopting("tls", CredentialType::Random));
-    double.insert(&credential("first", CredentialType::Random));
+    double.insert(&credential("binary").adopt().build());
+    double.insert(&credential("partial").key_set(2).adopt().build());
+    double.insert(&credential("tls").adopt().build());
+    double.insert(&credential("first").build());
     let op = start(&double, "a", options(), settings());
     let first = eventually("first", || secret_value(&double, "first", "value")).await;
-    let mut second = adopting("second", CredentialType::Random);
-    second.spec.secret_name = Some("first".into());
-    double.insert(&second);
+    double.insert(&credential("second").adopt().secret_name("first").build());
     for (name, cause) in [
         ("binary", "not UTF-8"),
         ("partial", "key 0"),
@@ -245,7 +176,9 @@ async fn what_cannot_be_adopted_without_loss_is_a_conflict_and_left_untouched() 
         let message = conflict_message(&double, name).await;
         assert!(message.contains(cause), "{name}: {message}");
     }
-    assert_idle(&double).await;
+    // "second" shares the Secret "first", whose reads cannot be told apart: its Conflict
+    // status above is its proof.
+    assert_idle(&double, &["binary", "partial", "tls", "first"]).await;
     op.stop().await;
     for (name, was) in ["binary", "partial", "tls"].iter().zip(before) {
         assert_eq!(
@@ -275,17 +208,14 @@ async fn an_adopted_secret_keeps_its_keys_and_gets_no_owner_reference_by_default
         "Opaque",
         &[("0", b"k0"), ("1", b"k1"), ("2", b"k2"), ("3", b"k3")],
     ));
-    let mut db = credential("db", CredentialType::Random);
-    db.spec.adopt = true;
-    db.spec.rotation = Some(RotationSpec {
-        every: Some("720h".into()),
-        schedule: None,
-        keep_previous: false,
-    });
-    double.insert(&db);
-    let mut keys = credential("keys", CredentialType::KeySet);
-    keys.spec.adopt = true;
-    double.insert(&keys);
+    double.insert(
+        &credential("db")
+            .adopt()
+            .every("720h")
+            .keep_previous(false)
+            .build(),
+    );
+    double.insert(&credential("keys").key_set(2).adopt().build());
     let op = start(&double, "a", options(), settings());
     for name in ["db", "keys"] {
         eventually(&format!("{name} adopted"), || {
@@ -293,7 +223,7 @@ async fn an_adopted_secret_keeps_its_keys_and_gets_no_owner_reference_by_default
         })
         .await;
     }
-    assert_idle(&double).await;
+    assert_idle(&double, &["db", "keys"]).await;
     op.stop().await;
     let s: Secret = double.get(NS, "db").unwrap();
     let data = s.data.clone().unwrap();
@@ -334,9 +264,7 @@ async fn an_adopted_secret_keeps_its_keys_and_gets_no_owner_reference_by_default
 async fn key_set_repair_never_drops_a_key_bulkhead_wrote() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
-    let mut c = credential("keys", CredentialType::KeySet);
-    c.spec.key_set = Some(KeySetSpec { size: 3 });
-    double.insert(&c);
+    double.insert(&credential("keys").key_set(3).build());
     let op = start(&double, "a", options(), settings());
     eventually("created", || secret_value(&double, "keys", "1")).await;
     request_rotation(&double, "keys", "r1");
@@ -367,14 +295,14 @@ async fn a_name_longer_than_a_label_value_gets_a_label_safe_value() {
     let double = ApiDouble::new();
     double.set_role(role(&options()));
     let name = format!("a-credential-name-{}", "x".repeat(60));
-    double.insert(&credential(&name, CredentialType::Random));
+    double.insert(&credential(&name).build());
     let op = start(&double, "a", options(), settings());
     eventually("created", || secret_value(&double, &name, "value")).await;
     eventually("Ready", || {
         condition(&double, &name, "Ready").filter(|c| c.0 == "True")
     })
     .await;
-    assert_idle(&double).await;
+    assert_idle(&double, &[&name]).await;
     op.stop().await;
 }
 
@@ -385,7 +313,7 @@ async fn a_forbidden_secret_call_is_a_condition_naming_the_rule() {
     // The Role as it would be with the rule missing, for this Secret only (a whole missing
     // rule keeps the operator unready before it reconciles anything).
     double.fail_next(Matcher::new("get", "secrets").name("db"), 403, 10_000);
-    double.insert(&credential("db", CredentialType::Random));
+    double.insert(&credential("db").build());
     let op = start(&double, "a", options(), settings());
     let (_, reason, message) = eventually("Forbidden", || {
         condition(&double, "db", "Ready").filter(|c| c.1 == "Forbidden")

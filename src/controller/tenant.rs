@@ -664,9 +664,7 @@ async fn link(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::credential::{
-        CredentialSpec, CredentialStatus, CredentialType, DeletionPolicy,
-    };
+    use crate::api::credential::CredentialStatus;
     use crate::api::tenant::{ControlPlaneSpec, TenantSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -688,21 +686,7 @@ mod tests {
     }
 
     fn credential(ready: Option<bool>) -> Credential {
-        let mut c = Credential::new(
-            "c",
-            CredentialSpec {
-                type_: CredentialType::Random,
-                random: Some(Default::default()),
-                key_set: None,
-                control_plane_token: None,
-                registry_credentials: None,
-                secret_name: None,
-                rotation: None,
-                restart_on_rotation: vec![],
-                deletion_policy: DeletionPolicy::Delete,
-                adopt: false,
-            },
-        );
+        let mut c = crate::api::credential("c").build();
         c.status = ready.map(|r| CredentialStatus {
             conditions: vec![Condition {
                 type_: "Ready".into(),

@@ -7,8 +7,7 @@
 //! Short Lease timings (5 s Lease, 2 s renew grace: renewal every 3 s, renew deadline 4 s)
 //! keep each scenario to seconds.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,18 +26,8 @@ const CREDENTIALS: usize = 3;
 /// or not started).
 fn leader_sample(addr: SocketAddr) -> Option<bool> {
     let limit = Duration::from_millis(150);
-    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
-    stream.set_read_timeout(Some(limit)).ok()?;
-    stream.set_write_timeout(Some(limit)).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    text.lines().find_map(|line| match line {
+    let (_, body) = cluster::http_get_within(addr, "/metrics", limit, limit)?;
+    body.lines().find_map(|line| match line {
         "bulkhead_leader 1" => Some(true),
         "bulkhead_leader 0" => Some(false),
         _ => None,
@@ -260,11 +249,73 @@ impl Scene {
             .collect()
     }
 
-    /// Wait until `op` leads and has stayed leader for a renewal or two.
-    fn wait_settled_leader(op: &mut Operator) {
+    /// Wait until process `which` (0: op-a, 1: op-b) leads and has renewed the Lease since.
+    async fn wait_settled_leader(&mut self, which: usize) {
+        let op = if which == 0 {
+            &mut self.a
+        } else {
+            self.b.as_mut().unwrap()
+        };
         op.wait_leader(Duration::from_secs(40));
-        std::thread::sleep(Duration::from_secs(4));
+        let leading = jiff::Timestamp::now();
+        self.renewed_since(which, leading).await;
+        let op = if which == 0 {
+            &self.a
+        } else {
+            self.b.as_ref().unwrap()
+        };
         assert!(op.is_leader(), "{} kept the Lease", op.process.name);
+    }
+
+    /// A reconcile of every Credential by process `which` has run start to finish after this
+    /// call began (see [`Cluster::wait_reconciled`]).
+    async fn credentials_reconciled(&self, which: usize) {
+        for i in 0..CREDENTIALS {
+            let name = format!("c{i}");
+            self.cluster
+                .wait_reconciled(&self.admin, &self.users[which], self.ns, &name, &name)
+                .await;
+        }
+    }
+
+    /// A reconcile of the Tenant by `op` has run start to finish after this call began. The
+    /// Tenant reconcile reads only caches (nothing in the audit log), so its counter: one
+    /// reconcile may be in flight, and the reconciles of one object never overlap, so two
+    /// rounds of "touch an annotation, wait for the counter to move" prove it.
+    async fn tenant_reconciled(&self, op: &Operator) {
+        let tenants = Api::<Tenant>::namespaced(self.admin.clone(), self.ns);
+        let count = || {
+            op.metric("bulkhead_reconcile_total{controller=\"tenant\"}")
+                .unwrap_or(0.0)
+        };
+        for round in 0..2 {
+            let before = count();
+            let poke =
+                json!({"metadata": {"annotations": {"test.bulkhead.dev/poke": round.to_string()}}});
+            tenants
+                .patch("tenant", &PatchParams::default(), &Patch::Merge(&poke))
+                .await
+                .unwrap();
+            eventually("a Tenant reconcile", WAIT, || async {
+                (count() > before).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Wait for a Lease write by process `which` received after `since` that the server
+    /// accepted: a renewal (renewals are due every 3 s).
+    async fn renewed_since(&self, which: usize, since: jiff::Timestamp) {
+        let user = &self.users[which];
+        self.cluster
+            .wait_audit("a renewal of the Lease", Duration::from_secs(20), |e| {
+                e.user.username == *user
+                    && e.resource() == "leases"
+                    && e.is_write()
+                    && e.code() == 200
+                    && e.request_received_timestamp >= since
+            })
+            .await;
     }
 }
 
@@ -302,7 +353,9 @@ async fn a_frozen_leader_resumes_without_writing() {
         || async { (leader_sample(scene.a.metrics) == Some(false)).then_some(()) },
     )
     .await;
-    std::thread::sleep(Duration::from_secs(4));
+    // op-b renewed after op-a was back: op-a had its chance to write and did not take over.
+    let answered = jiff::Timestamp::now();
+    scene.renewed_since(1, answered).await;
     let b = scene.b.as_mut().unwrap();
     assert!(b.is_leader(), "op-b keeps the Lease");
     sampler.finish(started.elapsed());
@@ -354,12 +407,7 @@ async fn a_paused_api_server_never_yields_two_leaders() {
     );
     scene.cluster.signal_apiserver("CONT");
     let leader = wait_for_a_leader(&mut scene);
-    let leader = if leader == 0 {
-        &mut scene.a
-    } else {
-        scene.b.as_mut().unwrap()
-    };
-    Scene::wait_settled_leader(leader);
+    scene.wait_settled_leader(leader).await;
     sampler.finish(started.elapsed());
     scene.assert_unchanged(None).await;
 }
@@ -385,12 +433,7 @@ async fn an_etcd_restart_never_yields_two_leaders() {
     );
     scene.cluster.restart_etcd();
     let leader = wait_for_a_leader(&mut scene);
-    let leader = if leader == 0 {
-        &mut scene.a
-    } else {
-        scene.b.as_mut().unwrap()
-    };
-    Scene::wait_settled_leader(leader);
+    scene.wait_settled_leader(leader).await;
     sampler.finish(started.elapsed());
     scene.assert_unchanged(None).await;
 }
@@ -429,8 +472,10 @@ fn wait_for_a_leader(scene: &mut Scene) -> usize {
 async fn a_restart_with_settled_credentials_writes_nothing() {
     let binaries = Binaries::from_env();
     let mut scene = scene(binaries, false).await;
-    // Let the last status writes of the settle land before the restart.
-    std::thread::sleep(Duration::from_secs(2));
+    // The settle is over: a reconcile of each object after it wrote nothing more (its last
+    // status writes have landed before the restart).
+    scene.credentials_reconciled(0).await;
+    scene.tenant_reconciled(&scene.a).await;
     scene.a.process.signal("TERM");
     let status = scene
         .a
@@ -455,9 +500,11 @@ async fn a_restart_with_settled_credentials_writes_nothing() {
             .then_some(())
     })
     .await;
-    // Anything a reconcile queued lands within a second (the counts' coalescing interval).
-    std::thread::sleep(Duration::from_secs(2));
+    // Anything a reconcile queued (the Tenant's counts are coalesced for a second) has landed
+    // or been superseded once a later reconcile of each object has finished.
     scene.b = Some(b);
+    scene.credentials_reconciled(1).await;
+    scene.tenant_reconciled(scene.b.as_ref().unwrap()).await;
     scene.assert_unchanged(None).await;
     let writes = scene.writes_since(&scene.users[1], restarted);
     assert!(writes.is_empty(), "a restart wrote: {writes:#?}");

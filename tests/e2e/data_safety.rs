@@ -80,22 +80,19 @@ async fn garbage_collected(client: &Client, ns: &str, name: &str) {
     .await;
 }
 
-/// With re-checks every 3 s: a window in which the operator re-read `name` at least twice (a
-/// proof the reconciles ran) and wrote no Secret.
+/// With re-checks every 3 s: the window from the operator's next re-read of Secret `name` to
+/// the one after next (two whole reconciles, both begun after what the caller waited for), in
+/// which it wrote no Secret.
 async fn assert_no_secret_writes(cluster: &Cluster, release: &Release, name: &str) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let from = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let to = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let audit = cluster.audit();
     let user = release.user();
-    let window = audit.by_user_between(&user, from, to);
+    let window = cluster
+        .between_rereads(&user, NS, name, 3, Duration::from_secs(20))
+        .await;
     let rereads = window
         .iter()
         .filter(|e| e.verb == "get" && e.resource() == "secrets" && e.name() == name)
         .count();
-    assert!(rereads >= 2, "{rereads} re-reads of Secret {name} in 8 s");
+    assert!(rereads >= 2, "{rereads} re-reads of Secret {name}");
     let writes: Vec<String> = window
         .iter()
         .filter(|e| e.is_write() && e.resource() == "secrets")
@@ -157,12 +154,7 @@ async fn a_key_set_holds_size_keys_and_repair_keeps_every_key() {
     let binaries = Binaries::from_env();
     let env = Env::start(binaries.without_controller_manager()).await;
     let (ns, admin) = (NS, &env.admin);
-    create(
-        admin,
-        ns,
-        &credential(ns, "keys", json!({"type": "KeySet", "keySet": {"size": 2}})),
-    )
-    .await;
+    create(admin, ns, &credential(ns, "keys").key_set(2).build()).await;
     wait_keys(admin, ns, "keys", &["0", "1"]).await;
     for (round, stamp) in ["r1", "r2", "r3"].into_iter().enumerate() {
         request_rotation(admin, ns, "keys", stamp).await;
@@ -250,12 +242,11 @@ async fn keep_previous_true_then_false_drops_the_previous_value() {
     let binaries = Binaries::from_env();
     let env = Env::start(binaries.without_controller_manager()).await;
     let (ns, admin) = (NS, &env.admin);
-    let spec = json!({
-        "type": "Random",
-        "random": {"length": 32},
-        "rotation": {"every": "720h", "keepPrevious": true},
-    });
-    create(admin, ns, &credential(ns, "db", spec)).await;
+    let db = credential(ns, "db")
+        .every("720h")
+        .keep_previous(true)
+        .build();
+    create(admin, ns, &db).await;
     wait_value(admin, ns, "db", WAIT).await;
     request_rotation(admin, ns, "db", "r1").await;
     wait_keys(admin, ns, "db", &["value", "value.previous"]).await;
@@ -292,12 +283,6 @@ async fn a_name_longer_than_a_label_value_is_served() {
     env.assert_no_secret_writes(&long).await;
 }
 
-fn adopting(name: &str, spec: serde_json::Value) -> Credential {
-    let mut spec = spec;
-    spec["adopt"] = true.into();
-    credential(NS, name, spec)
-}
-
 fn b64(bytes: &[u8]) -> String {
     BASE64_STANDARD.encode(bytes)
 }
@@ -314,7 +299,6 @@ async fn what_cannot_be_adopted_without_loss_is_a_conflict() {
     let binaries = Binaries::from_env();
     let env = Env::start(binaries.without_controller_manager()).await;
     let (ns, admin) = (NS, &env.admin);
-    let random = json!({"type": "Random", "random": {"length": 32}});
     foreign(
         admin,
         ns,
@@ -337,15 +321,14 @@ async fn what_cannot_be_adopted_without_loss_is_a_conflict() {
     for name in ["binary", "partial", "tls"] {
         before.push(secret(admin, ns, name).await.unwrap());
     }
-    create(admin, ns, &adopting("binary", random.clone())).await;
-    let key_set = json!({"type": "KeySet", "keySet": {"size": 3}});
-    create(admin, ns, &adopting("partial", key_set)).await;
-    create(admin, ns, &adopting("tls", random.clone())).await;
+    create(admin, ns, &credential(ns, "binary").adopt().build()).await;
+    let partial = credential(ns, "partial").key_set(3).adopt().build();
+    create(admin, ns, &partial).await;
+    create(admin, ns, &credential(ns, "tls").adopt().build()).await;
     create(admin, ns, &random_credential(ns, "first")).await;
     let first = wait_value(admin, ns, "first", WAIT).await;
-    let mut second = random.clone();
-    second["secretName"] = "first".into();
-    create(admin, ns, &adopting("second", second)).await;
+    let second = credential(ns, "second").adopt().secret_name("first");
+    create(admin, ns, &second.build()).await;
 
     for (name, cause) in [
         ("binary", "not UTF-8"),
@@ -386,8 +369,7 @@ async fn an_adopted_secret_survives_its_credential() {
     let (ns, admin) = (NS, &env.admin);
     let data_in = json!({"value": b64(b"theirs"), "note": b64(&[0xff, 0x00])});
     foreign(admin, ns, "adopted", "Opaque", data_in).await;
-    let random = json!({"type": "Random", "random": {"length": 32}});
-    create(admin, ns, &adopting("adopted", random)).await;
+    create(admin, ns, &credential(ns, "adopted").adopt().build()).await;
     create(admin, ns, &random_credential(ns, "gone")).await;
     let (_, reason, _) = wait_condition(admin, ns, "adopted", "Rotated", "True").await;
     assert_eq!(reason, "Adopted");
@@ -422,15 +404,9 @@ async fn an_unlisted_restart_target_is_reported_from_creation() {
     create(
         admin,
         ns,
-        &credential(
-            ns,
-            "db",
-            json!({
-                "type": "Random",
-                "random": {"length": 32},
-                "restartOnRotation": [{"kind": "Deployment", "name": "api"}],
-            }),
-        ),
+        &credential(ns, "db")
+            .restart(RestartKind::Deployment, "api")
+            .build(),
     )
     .await;
     wait_value(admin, ns, "db", WAIT).await;

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bulkhead::api::credential::{Alphabet, RestartKind};
 use bulkhead::api::{ConditionSet, Credential, Tenant};
 use cluster::{
     AuditLog, Binaries, Cluster, Operator, OperatorOptions, Release, credential, eventually,
@@ -122,6 +123,28 @@ async fn wait_condition(
             .filter(|c| c.0 == status)
     })
     .await
+}
+
+/// A process of `release` started at `since` has read the Lease and gone on to watch it: it has
+/// decided whether to lead. (The leader never reads the Lease: a renewal is one guarded patch.)
+async fn standing_by(cluster: &Cluster, release: &Release, since: jiff::Timestamp) {
+    let user = release.user();
+    let read = cluster
+        .wait_audit("the new process's read of the Lease", WAIT, |e| {
+            e.user.username == user
+                && e.resource() == "leases"
+                && e.verb == "get"
+                && e.request_received_timestamp >= since
+        })
+        .await;
+    cluster
+        .wait_audit("the new process's watch of the Lease", WAIT, |e| {
+            e.user.username == user
+                && e.resource() == "leases"
+                && e.verb == "watch"
+                && e.request_received_timestamp >= read.request_received_timestamp
+        })
+        .await;
 }
 
 async fn request_rotation(client: &Client, ns: &str, name: &str, stamp: &str) {
@@ -297,33 +320,23 @@ async fn one_release_manages_credentials_with_only_its_role() {
     }))
     .unwrap();
     create(&admin, ns, &tenant).await;
-    let db = credential(
-        ns,
-        "db",
-        json!({"type": "Random", "random": {"length": 40, "alphabet": "hex"}, "secretName": "db-password",
-               "restartOnRotation": [{"kind": "Deployment", "name": "api"}]}),
-    );
+    let db = credential(ns, "db")
+        .random(40)
+        .alphabet(Alphabet::Hex)
+        .secret_name("db-password")
+        .restart(RestartKind::Deployment, "api")
+        .build();
     create(&admin, ns, &db).await;
-    let keys = credential(
-        ns,
-        "keys",
-        json!({"type": "KeySet", "keySet": {"size": 3}, "deletionPolicy": "Retain"}),
-    );
+    let keys = credential(ns, "keys").key_set(3).retain().build();
     create(&admin, ns, &keys).await;
-    let batch = credential(
-        ns,
-        "batch",
-        json!({"type": "Random", "random": {}, "restartOnRotation": [{"kind": "Deployment", "name": "worker"}]}),
-    );
+    let batch = credential(ns, "batch")
+        .restart(RestartKind::Deployment, "worker")
+        .build();
     create(&admin, ns, &batch).await;
     create(
         &admin,
         ns,
-        &credential(
-            ns,
-            "clash",
-            json!({"type": "Random", "random": {}, "secretName": "theirs"}),
-        ),
+        &credential(ns, "clash").secret_name("theirs").build(),
     )
     .await;
     create(&admin, ns, &random_credential(ns, "scratch")).await;
@@ -461,8 +474,10 @@ async fn one_release_manages_credentials_with_only_its_role() {
         "the non-permitted Deployment was not touched"
     );
 
-    // Settled: the one request rotated once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled: the one request rotated once, not again in a reconcile after it.
+    cluster
+        .wait_reconciled(&admin, &release.user(), ns, "db", "db-password")
+        .await;
     let settled = secret(&admin, ns, "db-password").await.unwrap();
     assert_eq!(data(&settled, "value"), data(&rotated, "value"));
     assert_eq!(
@@ -629,9 +644,10 @@ async fn a_standby_takes_over_without_rotating_twice() {
     let original_value = data(&original, "value").unwrap();
     let original_rotated_at = annotation(&original, ROTATED_AT).unwrap();
 
+    let b_started = jiff::Timestamp::now();
     let mut b = Operator::start(&cluster, &kubeconfig, &OperatorOptions::new(ns, "op-b"));
     b.wait_ready(WAIT);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    standing_by(&cluster, &release, b_started).await;
     assert!(a.is_leader() && !b.is_leader(), "one leads, one stands by");
     assert!(lease_holder(&admin, ns).await.unwrap().starts_with("op-a_"));
 
@@ -659,9 +675,10 @@ async fn a_standby_takes_over_without_rotating_twice() {
     assert!(b.is_leader());
 
     // A new standby, then a crash of the leader: taken over when the Lease expires.
+    let c_started = jiff::Timestamp::now();
     let mut c = Operator::start(&cluster, &kubeconfig, &OperatorOptions::new(ns, "op-c"));
     c.wait_ready(WAIT);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    standing_by(&cluster, &release, c_started).await;
     assert!(!c.is_leader());
     b.process.signal("KILL");
     let killed = Instant::now();
@@ -699,7 +716,9 @@ async fn a_standby_takes_over_without_rotating_twice() {
             .filter(|s| data(s, "value").is_some_and(|v| v != original_value))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster
+        .wait_reconciled(&admin, &release.user(), ns, "c1", "c1")
+        .await;
     let settled = secret(&admin, ns, "c1").await.unwrap();
     assert_eq!(data(&settled, "value"), data(&rotated, "value"));
     assert_eq!(
@@ -725,7 +744,7 @@ async fn the_operator_recovers_from_an_api_server_restart() {
     cluster.install_crds();
     let ns = "team-a";
     let admin = cluster.admin_client().await;
-    let (_release, mut operator) =
+    let (release, mut operator) =
         release_and_operator(&cluster, ns, &[], &OperatorOptions::new(ns, "op-a"));
     operator.wait_leader(WAIT);
     let names: Vec<String> = (1..=5).map(|i| format!("c{i}")).collect();
@@ -763,7 +782,9 @@ async fn the_operator_recovers_from_an_api_server_restart() {
             .filter(|s| data(s, "value.previous").is_some())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster
+        .wait_reconciled(&admin, &release.user(), ns, "c1", "c1")
+        .await;
 
     let c1 = secret(&admin, ns, "c1").await.unwrap();
     assert_eq!(
@@ -987,22 +1008,19 @@ async fn drift_is_repaired_by_the_periodic_recheck_which_otherwise_writes_nothin
     wait_condition(&admin, ns, "edited", "Ready", "True").await;
     wait_condition(&admin, ns, "deleted", "Ready", "True").await;
 
-    // Quiet re-checks: reads by name, no write at all.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let from = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let to = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let audit = cluster.audit();
+    // Quiet re-checks: reads by name, no write at all, from the next re-read of Secret edited
+    // (a reconcile begun after both were Ready) to the one after next.
     let user = release.user();
-    let window = audit.by_user_between(&user, from, to);
+    let window = cluster
+        .between_rereads(&user, ns, "edited", 3, Duration::from_secs(20))
+        .await;
     let rereads = window
         .iter()
         .filter(|e| e.verb == "get" && e.resource() == "secrets" && e.name() == "edited")
         .count();
     assert!(
         rereads >= 2,
-        "{rereads} re-reads of Secret edited in 10 s with a 3 s interval"
+        "{rereads} re-reads of Secret edited with a 3 s interval"
     );
     let writes: Vec<String> = window
         .iter()

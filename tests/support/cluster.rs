@@ -396,8 +396,19 @@ pub fn clock_ticks_per_second() -> u64 {
 
 /// Minimal HTTP/1.1 GET on loopback (probes, metrics, etcd health): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    http_get_within(addr, path, Duration::from_secs(2), Duration::from_secs(5))
+}
+
+/// [`http_get`] giving up after `connect` to connect and `answer` for each read or write.
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    connect: Duration,
+    answer: Duration,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, connect).ok()?;
+    stream.set_read_timeout(Some(answer)).ok()?;
+    stream.set_write_timeout(Some(answer)).ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -1332,6 +1343,22 @@ impl AuditEvent {
         self.object_ref.as_ref().map_or("", |o| o.name.as_str())
     }
 
+    /// A GET of Secret `namespace/secret` by `user` received at or after `since`.
+    pub fn is_read_of_secret(
+        &self,
+        user: &str,
+        namespace: &str,
+        secret: &str,
+        since: Timestamp,
+    ) -> bool {
+        self.user.username == user
+            && self.verb == "get"
+            && self.resource() == "secrets"
+            && self.namespace() == namespace
+            && self.name() == secret
+            && self.request_received_timestamp >= since
+    }
+
     pub fn code(&self) -> u16 {
         self.response_status.as_ref().map_or(0, |s| s.code)
     }
@@ -1425,28 +1452,14 @@ impl AuditLog {
 
 // ---- objects and polling -------------------------------------------------------------------------
 
-/// A Credential from its spec (JSON, as a user writes it).
-pub fn credential(
-    namespace: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> bulkhead::api::Credential {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "bulkhead.dev/v1alpha1",
-        "kind": "Credential",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }))
-    .unwrap()
+/// `bulkhead::api::credential(name)` in `namespace`: finish it with `.build()`.
+pub fn credential(namespace: &str, name: &str) -> bulkhead::api::CredentialBuilder {
+    bulkhead::api::credential(name).namespace(namespace)
 }
 
-/// A `Random` Credential with the defaults.
+/// A `Random` Credential with the defaults (32 alphanumeric characters).
 pub fn random_credential(namespace: &str, name: &str) -> bulkhead::api::Credential {
-    credential(
-        namespace,
-        name,
-        serde_json::json!({"type": "Random", "random": {"length": 32}}),
-    )
+    credential(namespace, name).build()
 }
 
 /// Poll `probe` every 50 ms until it returns `Some`, at most `timeout`.
@@ -1465,5 +1478,112 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- signals from the audit log ------------------------------------------------------------------
+
+/// How often the audit log is read again while waiting on it.
+const AUDIT_POLL: Duration = Duration::from_millis(200);
+
+impl Cluster {
+    /// The first audit event (oldest first) that `matches`, waiting for it up to `timeout`.
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&AuditEvent) -> bool,
+    ) -> AuditEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.audit().events.into_iter().find(|e| matches(e)) {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what} in the audit log"
+            );
+            tokio::time::sleep(AUDIT_POLL).await;
+        }
+    }
+
+    /// Returns once a reconcile of Credential `name` (writing Secret `secret`) has run start to
+    /// finish after this call began: the proof to wait for before asserting that a reconcile
+    /// changed nothing.
+    ///
+    /// Each Credential reconcile reads its Secret once, first, and the reconciles of one object
+    /// never overlap. So: touch an annotation no one reads (a reconcile is triggered by it) and
+    /// wait for the operator's (`user`'s) GET of the Secret after the touch, a reconcile that
+    /// read the state as it is now; then once more, a reconcile after that one, which therefore
+    /// finished.
+    pub async fn wait_reconciled(
+        &self,
+        admin: &kube::Client,
+        user: &str,
+        namespace: &str,
+        name: &str,
+        secret: &str,
+    ) {
+        let credentials: kube::Api<bulkhead::api::Credential> =
+            kube::Api::namespaced(admin.clone(), namespace);
+        for round in 0..2 {
+            let since = Timestamp::now();
+            let poke = serde_json::json!({"metadata": {"annotations": {
+                "test.bulkhead.dev/poke": format!("{since}-{round}"),
+            }}});
+            credentials
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&poke),
+                )
+                .await
+                .unwrap();
+            self.wait_audit(
+                &format!("a reconcile of Credential {name} (a GET of Secret {secret})"),
+                Duration::from_secs(30),
+                |e| e.is_read_of_secret(user, namespace, secret, since),
+            )
+            .await;
+        }
+    }
+
+    /// The operator's (`user`'s) requests between two of its drift re-checks of Secret
+    /// `secret`: from its first re-read after this call began (a reconcile that started after
+    /// everything the caller waited for, so nothing from before is in the window) up to its
+    /// `reads`th. Whatever those reconciles wrote is inside.
+    pub async fn between_rereads(
+        &self,
+        user: &str,
+        namespace: &str,
+        secret: &str,
+        reads: usize,
+        timeout: Duration,
+    ) -> Vec<AuditEvent> {
+        let since = Timestamp::now();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let audit = self.audit();
+            let rereads: Vec<Timestamp> = audit
+                .events
+                .iter()
+                .filter(|e| e.is_read_of_secret(user, namespace, secret, since))
+                .map(|e| e.request_received_timestamp)
+                .collect();
+            if rereads.len() >= reads.max(2) {
+                let (from, to) = (rereads[0], rereads[reads.max(2) - 1]);
+                return audit
+                    .by_user_between(user, from, to)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {reads} re-reads of Secret {secret} within {timeout:?}",
+                rereads.len()
+            );
+            tokio::time::sleep(AUDIT_POLL).await;
+        }
     }
 }

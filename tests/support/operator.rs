@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulkhead::api::{ConditionSet, Credential, Tenant};
 use bulkhead::controller::Settings;
 use bulkhead::leader::LeaderConfig;
 use bulkhead::operator::{self, RunConfig};
 use bulkhead::rbac::{self, RbacOptions};
-use bulkhead::telemetry::{Metrics, Readiness};
+use bulkhead::telemetry::{ControllerLabels, Metrics, Readiness};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// Finished reconciles of `controller` (`credential` or `tenant`) in this process: the
+    /// `bulkhead_reconcile_total` counter, counted when a reconcile returns.
+    pub fn reconciles(&self, controller: &'static str) -> u64 {
+        self.metrics
+            .reconciles
+            .get_or_create(&ControllerLabels { controller })
+            .get()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task)
@@ -108,14 +118,28 @@ pub fn start_timed(
     }
 }
 
-pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..500 {
+/// Polls `probe` every 20 ms until it returns `Some`, for at most 10 s.
+pub async fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, Duration::from_secs(10), probe).await
+}
+
+/// [`eventually`] with another bound, when the bound is what the test asserts.
+pub async fn eventually_within<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
         if let Some(v) = probe() {
             return v;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for {what}");
 }
 
 /// One data value of a Secret in the double, as text.
@@ -124,4 +148,108 @@ pub fn secret_value(double: &ApiDouble, name: &str, key: &str) -> Option<String>
     s.data?
         .get(key)
         .map(|b| String::from_utf8(b.0.clone()).unwrap())
+}
+
+/// Every request so far that wrote a Secret (anything but get, list, watch), as `METHOD path`.
+pub fn secret_writes(double: &ApiDouble) -> Vec<String> {
+    double
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "secrets" && !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+/// A Credential's condition `type_` as (status, reason, message).
+pub fn condition(double: &ApiDouble, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let c: Credential = double.get(NS, name)?;
+    let cond = c.status?.conditions.find(type_)?.clone();
+    Some((cond.status, cond.reason, cond.message))
+}
+
+/// The Tenant `tenant`'s condition `type_` as (status, reason, message).
+pub fn tenant_condition(double: &ApiDouble, type_: &str) -> Option<(String, String, String)> {
+    let t: Tenant = double.get(NS, "tenant")?;
+    let c = t.status?.conditions.find(type_)?.clone();
+    Some((c.status, c.reason, c.message))
+}
+
+/// Sets a Credential's `bulkhead.dev/rotate-requested-at` annotation, as `kubectl annotate` would.
+pub fn request_rotation(double: &ApiDouble, name: &str, stamp: &str) {
+    let mut c: Credential = double.get(NS, name).unwrap();
+    c.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("bulkhead.dev/rotate-requested-at".into(), stamp.into());
+    double.insert(&c);
+}
+
+/// Changes an annotation no one reads: the object's watch event triggers a reconcile (the
+/// trigger hashes annotations), and nothing else about the object changes.
+fn poke<K>(double: &ApiDouble, name: &str)
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut object: K = double
+        .get(NS, name)
+        .unwrap_or_else(|| panic!("poke: no {} {name}", K::kind(&())));
+    let annotations = object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default);
+    let next = annotations
+        .get("test.bulkhead.dev/poke")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(0, |n| n + 1);
+    annotations.insert("test.bulkhead.dev/poke".into(), next.to_string());
+    double.insert(&object);
+}
+
+/// Returns once a reconcile of Credential `name` has run start to finish after this call
+/// began: the proof to wait for before asserting that a reconcile changed nothing.
+///
+/// Each Credential reconcile reads its Secret once, first (the request log's GET), and the
+/// reconciles of one object never overlap. So: poke, and wait for a GET after the poke (a
+/// reconcile R that read the state as it is now); poke again, and wait for another GET (a
+/// reconcile after R, which therefore finished).
+pub async fn credential_reconciled(double: &ApiDouble, name: &str) {
+    let credential: Credential = double
+        .get(NS, name)
+        .unwrap_or_else(|| panic!("no Credential {name}"));
+    let path = format!("/namespaces/{NS}/secrets/{}", credential.secret_name());
+    for _ in 0..2 {
+        let mark = double.requests().len();
+        poke::<Credential>(double, name);
+        eventually(&format!("a reconcile of Credential {name}"), || {
+            double.requests()[mark..]
+                .iter()
+                .any(|r| r.verb == "get" && r.path.ends_with(&path))
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+/// Returns once a reconcile of the Tenant `tenant` has run start to finish after this call
+/// began (the Tenant is the only one in these tests, so the controller's counter is its own).
+///
+/// A reconcile may be in flight when this starts, so one more finished reconcile proves
+/// nothing; but reconciles of one object never overlap, so after two rounds of "poke, wait for
+/// the counter to move" the second round's reconcile started after the first poke. (The poke
+/// and the read of the counter run with no await between them: on the test's single-threaded
+/// runtime no reconcile can finish in between.)
+pub async fn tenant_reconciled(op: &Running, double: &ApiDouble) {
+    for _ in 0..2 {
+        poke::<Tenant>(double, "tenant");
+        let before = op.reconciles("tenant");
+        eventually("a reconcile of the Tenant", || {
+            (op.reconciles("tenant") > before).then_some(())
+        })
+        .await;
+    }
+}
+
+/// `bulkhead::api::credential(name)` in the test namespace: finish it with `.build()`.
+pub fn credential(name: &str) -> bulkhead::api::CredentialBuilder {
+    bulkhead::api::credential(name).namespace(NS)
 }

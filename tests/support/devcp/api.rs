@@ -3,7 +3,7 @@
 //! else 401) before it authorises (path tenant == certificate tenant; else 403).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ pub struct Shared {
     pub token_ttl: Duration,
     pub state: Mutex<DevState>,
     pub rejected_handshakes: AtomicUsize,
+    /// Seconds added to the wall clock wherever the server reads the time (token `iat`/`exp`
+    /// and their check, `serverTime`, expiries): a test moves it instead of sleeping.
+    pub clock_offset_secs: AtomicI64,
 }
 
 #[derive(Default)]
@@ -76,6 +79,11 @@ impl TenantState {
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, DevState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The server's clock: the wall clock moved by `clock_offset_secs`.
+    pub fn now_secs(&self) -> i64 {
+        jiff::Timestamp::now().as_second() + self.clock_offset_secs.load(Ordering::SeqCst)
     }
 }
 
@@ -250,10 +258,6 @@ fn json_response(status: StatusCode, body: &Value, revision: Option<u64>) -> Res
     response
 }
 
-fn now_secs() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
-
 fn rfc3339(secs: i64) -> String {
     jiff::Timestamp::from_second(secs)
         .map(|t| t.to_string())
@@ -322,7 +326,10 @@ fn authorize(
             "the token is not an access token for this control plane",
         ));
     }
-    if claims["exp"].as_i64().is_none_or(|exp| now_secs() >= exp) {
+    if claims["exp"]
+        .as_i64()
+        .is_none_or(|exp| shared.now_secs() >= exp)
+    {
         return Err(unauthorized("the token has expired"));
     }
     let jti = claims["jti"].as_str().unwrap_or_default();
@@ -359,7 +366,7 @@ async fn auth_token(
         return Err(bad_request("the body must be empty or a JSON object"));
     }
     let jti = shared.signer.random_id(16).map_err(|e| internal(&e))?;
-    let iat = now_secs();
+    let iat = shared.now_secs();
     let ttl = i64::try_from(shared.token_ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let claims = json!({
         "iss": ISSUER, "sub": tenant, "aud": AUDIENCE,
@@ -482,7 +489,7 @@ async fn heartbeat(
     t.heartbeats.push(parse_body(&body)?);
     Ok(json_response(
         StatusCode::OK,
-        &json!({"revision": t.revision.to_string(), "serverTime": rfc3339(now_secs())}),
+        &json!({"revision": t.revision.to_string(), "serverTime": rfc3339(shared.now_secs())}),
         None,
     ))
 }
@@ -513,7 +520,7 @@ async fn issue_token(
         return Err(bad_request("ttlSeconds must be between 60 and 86400"));
     }
     let jti = shared.signer.random_id(16).map_err(|e| internal(&e))?;
-    let iat = now_secs();
+    let iat = shared.now_secs();
     let exp = iat + ttl_seconds;
     let claims = json!({
         "iss": ISSUER, "sub": tenant, "aud": audience,
@@ -560,7 +567,7 @@ async fn registry_credentials(
             "server": server,
             "username": format!("bulkhead-{tenant}"),
             "password": password,
-            "expiresAt": rfc3339(now_secs() + REGISTRY_CREDENTIAL_TTL_SECS),
+            "expiresAt": rfc3339(shared.now_secs() + REGISTRY_CREDENTIAL_TTL_SECS),
         }),
         None,
     ))

@@ -132,6 +132,7 @@ impl DevControlPlane {
             token_ttl: config.token_ttl,
             state: Mutex::default(),
             rejected_handshakes: AtomicUsize::new(0),
+            clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
         });
         let listener = TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
@@ -184,6 +185,15 @@ impl DevControlPlane {
 
     pub fn clear_requests(&self) {
         self.shared.lock().requests.clear();
+    }
+
+    /// Moves the server's clock forward (tokens it issued expire, `serverTime` moves): tests
+    /// move time instead of sleeping through it. The TLS layer keeps the wall clock.
+    pub fn advance_clock(&self, by: Duration) {
+        let secs = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
+        self.shared
+            .clock_offset_secs
+            .fetch_add(secs, Ordering::SeqCst);
     }
 
     /// TLS handshakes that failed (no, untrusted, expired client certificate; timeouts).
