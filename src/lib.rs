@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod controlplane;
+pub mod credentials;
 pub mod day2;
 pub mod error;
 pub mod leader;
