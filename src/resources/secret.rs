@@ -299,7 +299,6 @@ pub fn removal_patch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::testing::with_uid;
 
     #[test]
     fn a_secret_left_by_another_type_is_a_conflict() {
@@ -307,7 +306,9 @@ mod tests {
             generator: Some("random/32/alphanumeric".into()),
             ..Journal::default()
         };
-        let c = with_uid(crate::api::credential("jobs").control_plane_token("spark-jobs", "1h"));
+        let c = crate::api::credential("jobs")
+            .control_plane_token("spark-jobs", "1h")
+            .build();
         let Err(Refusal::Conflict(msg)) = check_same_type(&c, &random_journal) else {
             panic!("a Random value must not be replaced by a token")
         };
