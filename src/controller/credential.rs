@@ -174,7 +174,7 @@ async fn converge(
         Ok(observed) => observed,
         Err(refusal) => return Ok(Outcome::Refused(refusal)),
     };
-    let mut plan = match plan(ctx, kind, &observed).await? {
+    let mut plan = match plan_and_issue(ctx, kind, &observed).await? {
         Ok(plan) => plan,
         Err(refusal) => return Ok(Outcome::Refused(refusal)),
     };
@@ -183,8 +183,9 @@ async fn converge(
     Ok(Outcome::Current { plan, restart })
 }
 
-/// The type's plan; for an issued type due a new value, the control plane's answer planned.
-async fn plan(
+/// The type's pure plan; for an issued type due a new value, the control plane is asked and
+/// what it issued is planned (pure again).
+async fn plan_and_issue(
     ctx: &Context,
     kind: &dyn CredentialKind,
     observed: &Observed<'_>,
@@ -414,7 +415,7 @@ async fn restart_if_owed(
         .await;
     }
     if outcome.settled() {
-        plan.journal.restarted_for = Some(key);
+        plan.journal.restarted();
         let desired = secret::desired_secret(kind, credential, plan);
         write_secret(ctx, kind, stored, desired).await?;
     }

@@ -76,6 +76,11 @@ impl Journal {
         self.restarted_for != self.key_id
     }
 
+    /// Record that the restart targets now run with the journal's value.
+    pub fn restarted(&mut self) {
+        self.restarted_for = self.key_id.clone();
+    }
+
     /// The journal as annotations.
     pub fn annotations(&self) -> BTreeMap<String, String> {
         let mut a = BTreeMap::new();
@@ -137,10 +142,9 @@ mod tests {
         assert_eq!(Journal::read(&secret), journal);
         assert_eq!(journal.annotations().len(), ANNOTATIONS.len());
         assert!(journal.restart_owed(), "restarted for k0, current k1");
-        let settled = Journal {
-            restarted_for: Some("k1".into()),
-            ..journal
-        };
+        let mut settled = journal;
+        settled.restarted();
+        assert_eq!(settled.restarted_for.as_deref(), Some("k1"));
         assert!(!settled.restart_owed());
     }
 

@@ -90,7 +90,7 @@ pub fn observe<'a>(
             }
             Ownership::Foreign if !credential.spec.adopt => {
                 return Err(Refusal::Conflict(format!(
-                    "Secret {name} exists and is not managed by Bulkhead; it was left untouched. Set spec.adopt: true to take it over (its other keys are kept), or choose another spec.secretName"
+                    "Secret {name} exists and is not managed by Bulkhead; it was left untouched. Set spec.adopt: true to take it over (no key it holds is dropped), or choose another spec.secretName"
                 )));
             }
             _ => {}
