@@ -1,5 +1,5 @@
-//! `KeySet`: a Fernet-style key repository (`super::super::resources::keyset` holds the
-//! repository math). Key `0` is staged, the highest index is primary; a rotation writes the new
+//! `KeySet`: a Fernet-style key repository (`crate::resources::keyset` holds the repository
+//! math). Key `0` is staged, the highest index is primary; a rotation writes the new
 //! staged key before the oldest secondary goes, and a repair never drops a key Bulkhead wrote.
 
 use k8s_openapi::api::core::v1::Secret;

@@ -67,6 +67,13 @@ mod tests {
         secret::desired_secret(kind(c.spec.type_), c, p)
     }
 
+    fn secret_type(c: &Credential) -> &'static str {
+        match c.spec.registry_credentials {
+            Some(_) => "kubernetes.io/dockerconfigjson",
+            None => "Opaque",
+        }
+    }
+
     /// Apply a plan the way the API server would store it.
     fn stored(c: &Credential, p: &Plan) -> Secret {
         desired_secret(c, p)
@@ -252,5 +259,34 @@ mod tests {
             panic!("an Opaque Secret cannot become a dockerconfigjson one")
         };
         assert!(msg.contains("kubernetes.io/dockerconfigjson"), "{msg}");
+    }
+
+    #[test]
+    fn only_the_issued_types_ask_the_control_plane() {
+        let now = Timestamp::UNIX_EPOCH;
+        for c in [db().random(24), db().key_set(3)] {
+            let c = with_uid(c);
+            assert!(
+                matches!(decide(&c, None, now), Ok(Step::Write(_))),
+                "{:?}",
+                c.spec.type_
+            );
+        }
+        let token = with_uid(db().control_plane_token("jobs", "1h"));
+        let registry = with_uid(db().registry_credentials("registry.example.com"));
+        for c in [token, registry] {
+            assert!(
+                matches!(
+                    decide(&c, None, now),
+                    Ok(Step::Issue {
+                        change: Change::Created,
+                        ..
+                    })
+                ),
+                "{:?}",
+                c.spec.type_
+            );
+            assert_eq!(kind(c.spec.type_).secret_type(), secret_type(&c));
+        }
     }
 }
