@@ -135,8 +135,8 @@ impl std::fmt::Debug for Issued {
 pub enum Step {
     /// Write (or keep) this.
     Write(Box<Plan>),
-    /// Ask the control plane for a new value, then plan with what it issued
-    /// (`crate::credentials::issued::plan`).
+    /// Ask the control plane for a new value, then plan what it issued with
+    /// [`CredentialKind::plan_issued`].
     Issue { request: Request, change: Change },
 }
 
@@ -333,4 +333,96 @@ pub fn check_text<K: CredentialKind + ?Sized>(
         binary.join(", "),
         credential.spec.type_.as_str()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed<'a>(c: &'a Credential, ownership: Ownership, journal: Journal) -> Observed<'a> {
+        Observed {
+            credential: c,
+            secret: None,
+            ownership,
+            journal,
+            data: BTreeMap::new(),
+            policy: rotation_policy(c).unwrap_or_else(|e| panic!("{e:?}")),
+            request: c
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::api::credential::ROTATE_REQUESTED_AT).cloned()),
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_request_counts_once_and_only_for_a_managed_secret() {
+        let c = crate::api::credential("db")
+            .annotate(crate::api::credential::ROTATE_REQUESTED_AT, "r1")
+            .build();
+        let handled = |h: Option<&str>| Journal {
+            handled_request: h.map(str::to_owned),
+            ..Journal::default()
+        };
+        assert!(observed(&c, Ownership::Managed, handled(None)).requested());
+        assert!(observed(&c, Ownership::Managed, handled(Some("r0"))).requested());
+        assert!(!observed(&c, Ownership::Managed, handled(Some("r1"))).requested());
+        assert!(!observed(&c, Ownership::Missing, handled(None)).requested());
+        assert!(!observed(&c, Ownership::Foreign, handled(None)).requested());
+    }
+
+    #[test]
+    fn a_restart_is_owed_only_for_a_value_something_ran_with() {
+        let c = crate::api::credential("db").build();
+        let journal = Journal {
+            key_id: Some("k1".into()),
+            restarted_for: Some("k0".into()),
+            key_id_salt: Some("salt".into()),
+            ..Journal::default()
+        };
+        let o = observed(&c, Ownership::Managed, journal.clone());
+        for change in [Change::Created, Change::Adopted] {
+            assert_eq!(o.restarted_for(Some(change), "k2").as_deref(), Some("k2"));
+        }
+        for change in [
+            Some(Change::Scheduled),
+            Some(Change::Requested),
+            Some(Change::SpecChanged),
+            Some(Change::Repaired),
+            None,
+        ] {
+            assert_eq!(o.restarted_for(change, "k2").as_deref(), Some("k0"));
+        }
+        // Re-keyed (no salt before, restarted for the old id): still restarted.
+        let unkeyed = Journal {
+            key_id: Some("old".into()),
+            restarted_for: Some("old".into()),
+            ..Journal::default()
+        };
+        let o = observed(&c, Ownership::Managed, unkeyed);
+        assert_eq!(o.restarted_for(None, "new").as_deref(), Some("new"));
+        assert_eq!(
+            observed(&c, Ownership::Missing, journal).first_change(),
+            Some(Change::Created)
+        );
+    }
+
+    #[test]
+    fn a_bad_rotation_policy_is_an_invalid_spec_naming_the_field() {
+        let c = crate::api::credential("db").every("30s").build();
+        match rotation_policy(&c) {
+            Err(Refusal::InvalidSpec(msg)) => assert!(msg.contains("spec.rotation.every"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let c = crate::api::credential("db").every("1h").build();
+        let o = observed(&c, Ownership::Managed, Journal::default());
+        let hour = Timestamp::from_second(3600).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.next_after(Timestamp::UNIX_EPOCH), Some(hour));
+        assert!(
+            !o.due(Some(Timestamp::UNIX_EPOCH)),
+            "now is the epoch: not yet"
+        );
+        assert!(!o.due(None));
+    }
 }
