@@ -164,15 +164,11 @@ mod tests {
     use crate::resources::journal::key_id;
     use crate::resources::plan::Plan;
     use crate::resources::secret;
-    use crate::resources::testing::{self, FixedEntropy, db, ts, with_uid};
+    use crate::resources::testing::{self, FixedEntropy, db, rotating, ts};
 
     /// `db`: a key set of 3, optionally rotated `every`.
     fn key_set(every: Option<&str>) -> Credential {
-        let b = db().key_set(3);
-        with_uid(match every {
-            Some(every) => b.every(every),
-            None => b,
-        })
+        rotating(db().key_set(3), every)
     }
 
     fn plan(

@@ -35,15 +35,11 @@ mod tests {
     use crate::resources::plan::Ownership;
     use crate::resources::plan::{Change, Plan, Refusal, Step};
     use crate::resources::secret::{self, credential_label, ownership};
-    use crate::resources::testing::{self, FixedEntropy, db, with_uid};
+    use crate::resources::testing::{self, FixedEntropy, db, rotating, with_uid};
     use crate::resources::{CREDENTIAL_LABEL, DELETE_ADOPTED};
 
     fn random(every: Option<&str>) -> Credential {
-        let b = db().random(24);
-        with_uid(match every {
-            Some(every) => b.every(every),
-            None => b,
-        })
+        rotating(db().random(24), every)
     }
 
     fn at(s: i64) -> Timestamp {

@@ -91,18 +91,14 @@ mod tests {
     use crate::resources::journal::{key_id, unkeyed_key_id};
     use crate::resources::plan::Plan;
     use crate::resources::secret;
-    use crate::resources::testing::{self, FixedEntropy, db, ts, value, with_uid};
+    use crate::resources::testing::{self, FixedEntropy, db, rotating, ts, value};
     use crate::resources::{
         CREDENTIAL_LABEL, KEY_ID, KEY_ID_SALT, MANAGED_BY_LABEL, RESTARTED_FOR, ROTATED_AT,
     };
 
     /// `db`: 24 hex characters, optionally rotated `every`.
     fn random(every: Option<&str>) -> Credential {
-        let b = db().random(24).alphabet(Alphabet::Hex);
-        with_uid(match every {
-            Some(every) => b.every(every),
-            None => b,
-        })
+        rotating(db().random(24).alphabet(Alphabet::Hex), every)
     }
 
     fn plan(

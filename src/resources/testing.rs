@@ -28,6 +28,14 @@ pub fn with_uid(builder: CredentialBuilder) -> Credential {
     c
 }
 
+/// [`with_uid`], rotated `every` when given.
+pub fn rotating(builder: CredentialBuilder, every: Option<&str>) -> Credential {
+    with_uid(match every {
+        Some(every) => builder.every(every),
+        None => builder,
+    })
+}
+
 /// The shared rules, then the type's plan, as the controller runs them.
 pub fn step(
     kind: &dyn CredentialKind,
