@@ -206,8 +206,8 @@ pub struct CheckArgs {
 fn require_namespace(ns: Option<String>) -> Result<String> {
     match ns {
         Some(ns) if !ns.trim().is_empty() => Ok(ns),
-        _ => Err(Error::Usage(
-            "no namespace: pass --namespace NS or set BULKHEAD_NAMESPACE (Bulkhead has no cluster-wide mode)".to_owned(),
+        _ => Err(Error::usage(
+            "no namespace: pass --namespace NS or set BULKHEAD_NAMESPACE (Bulkhead has no cluster-wide mode)",
         )),
     }
 }
@@ -216,9 +216,13 @@ fn require_namespace(ns: Option<String>) -> Result<String> {
 /// kubeconfig context (or `in-cluster`).
 async fn client() -> Result<(kube::Client, String)> {
     let kubeconfig = kube::config::Kubeconfig::read();
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| Error::Config(no_config(&e, kubeconfig.as_ref().err())))?;
+    let config = kube::Config::infer().await.map_err(|e| {
+        let message = format!(
+            "cannot build a Kubernetes client: {}",
+            no_config(&e, kubeconfig.as_ref().err())
+        );
+        Error::config_from(message, e)
+    })?;
     let context = match &kubeconfig {
         Ok(k) => k
             .current_context
@@ -227,8 +231,13 @@ async fn client() -> Result<(kube::Client, String)> {
         Err(_) => "in-cluster".to_owned(),
     };
     let server = format!("{} ({context})", config.cluster_url);
-    let client = kube::Client::try_from(config)
-        .map_err(|e| Error::Config(crate::error::describe_kube(&e)))?;
+    let client = kube::Client::try_from(config).map_err(|e| {
+        let message = format!(
+            "cannot build a Kubernetes client for {server}: {}",
+            crate::error::describe_kube(&e)
+        );
+        Error::config_from(message, e)
+    })?;
     Ok((client, server))
 }
 
@@ -281,13 +290,13 @@ pub fn crd_bundle() -> Result<String> {
     for crd in crate::api::crds() {
         docs.push(
             serde_saphyr::to_string(&crd)
-                .map_err(|e| Error::Usage(format!("cannot render CRD: {e}")))?,
+                .map_err(|e| Error::usage_from(format!("cannot render CRD: {e}"), e))?,
         );
     }
     for role in crate::api::aggregated_cluster_roles() {
         docs.push(
             serde_saphyr::to_string(&role)
-                .map_err(|e| Error::Usage(format!("cannot render ClusterRole: {e}")))?,
+                .map_err(|e| Error::usage_from(format!("cannot render ClusterRole: {e}"), e))?,
         );
     }
     let mut out = String::from(
@@ -341,10 +350,9 @@ async fn run(args: RunArgs) -> Result<()> {
         )
         .await?,
     ];
-    if args.metrics_addr == args.probe_addr {
-        return Err(Error::Usage(
-            "--metrics-addr and --probe-addr must differ".to_owned(),
-        ));
+    // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
+    if args.metrics_addr == args.probe_addr && args.metrics_addr.port() != 0 {
+        return Err(Error::usage("--metrics-addr and --probe-addr must differ"));
     }
     servers.push(
         telemetry::serve(

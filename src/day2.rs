@@ -67,14 +67,21 @@ pub fn parse_cli() -> crate::cli::Cli {
 /// namespace to use: `-n`, else the context's.
 async fn user_client(namespace: Option<String>) -> Result<(Client, String)> {
     let config = kube::Config::infer().await.map_err(|e| {
-        Error::Config(format!(
-            "{e}; point KUBECONFIG at a kubeconfig (hack/demo.sh prints one)"
-        ))
+        let message = format!(
+            "cannot build a Kubernetes client: {e}; point KUBECONFIG at a kubeconfig (hack/demo.sh prints one)"
+        );
+        Error::config_from(message, e)
     })?;
     let namespace = namespace
         .filter(|ns| !ns.trim().is_empty())
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+    let client = Client::try_from(config).map_err(|e| {
+        let message = format!(
+            "cannot build a Kubernetes client: {}",
+            crate::error::describe_kube(&e)
+        );
+        Error::config_from(message, e)
+    })?;
     Ok((client, namespace))
 }
 
@@ -118,7 +125,7 @@ pub async fn rotate(args: RotateArgs) -> Result<i32> {
         .await
         .map_err(|e| access_error(e, &format!("get credentials/{}", args.name), &namespace))?
     else {
-        return Err(Error::Usage(format!(
+        return Err(Error::usage(format!(
             "no Credential {:?} in namespace {namespace}: see `bulkhead status -n {namespace}` (or pass -n NAMESPACE)",
             args.name
         )));
@@ -138,7 +145,8 @@ pub async fn rotate(args: RotateArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// A 403 or 404 from the user's own kubeconfig, with what to do about it.
+/// A 403 or 404 from the user's own kubeconfig, with what to do about it; any other failure
+/// as the call that failed.
 fn access_error(err: kube::Error, action: &str, namespace: &str) -> Error {
     let fix = if crate::error::is_status(&err, 403) {
         format!(
@@ -147,9 +155,10 @@ fn access_error(err: kube::Error, action: &str, namespace: &str) -> Error {
     } else if crate::error::is_status(&err, 404) {
         "the Bulkhead CRDs are not served: a cluster admin applies crds-cluster/ once (kubectl apply --server-side -f crds-cluster/)".to_owned()
     } else {
-        format!("{action} in namespace {namespace} failed")
+        return Error::api(format!("{action} in namespace {namespace}"), err);
     };
-    Error::Config(format!("{fix}: {err}"))
+    let message = format!("{fix}: {}", crate::error::describe_kube(&err));
+    Error::config_from(message, err)
 }
 
 /// What `rotate` tells the user will happen, from the Credential's spec.
@@ -378,6 +387,38 @@ mod tests {
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_access_error_names_the_call_the_fix_and_keeps_the_kube_error() {
+        let answer = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: "nope".into(),
+                ..kube::core::Status::default()
+            }))
+        };
+        let forbidden = access_error(answer(403), "list tenants.bulkhead.dev", "team-a");
+        let text = forbidden.to_string();
+        assert!(
+            text.starts_with(
+                "your kubeconfig's user may not list tenants.bulkhead.dev in namespace team-a"
+            ) && text.ends_with(": HTTP 403 Forbidden: nope"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&forbidden).is_some_and(|s| s.is::<kube::Error>()));
+        let absent = access_error(answer(404), "list tenants.bulkhead.dev", "team-a");
+        assert!(
+            absent
+                .to_string()
+                .contains("kubectl apply --server-side -f crds-cluster/")
+        );
+        let other = access_error(answer(500), "list tenants.bulkhead.dev", "team-a");
+        assert_eq!(
+            other.to_string(),
+            "list tenants.bulkhead.dev in namespace team-a failed: HTTP 500 Internal Server Error: nope"
+        );
+        assert_eq!(other.metric_label(), "kube");
     }
 
     fn credential(name: &str, spec: serde_json::Value, status: serde_json::Value) -> Credential {

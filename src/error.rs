@@ -1,17 +1,30 @@
 //! The one error type of the operator.
 //!
-//! Every variant keeps its source; `metric_label` gives a short, bounded label for the
-//! `bulkhead_reconcile_errors_total` metric so error text never becomes a label value.
+//! Every variant keeps its source and says what was being done; `metric_label` gives a short,
+//! bounded label for the `bulkhead_reconcile_errors_total` metric so error text never becomes a
+//! label value. A Kubernetes call says what it did with [`Doing::doing`] (or
+//! [`Doing::doing_as`] where the caller knows the Role rule that allows it, so a 403 becomes
+//! [`Error::Forbidden`] naming the rule and the fix).
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any underlying error kept as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The action a `?` on a bare `kube::Error` reports, for call sites that do not yet say theirs.
+const UNNAMED_ACTION: &str = "Kubernetes API call";
+
 /// Everything that can go wrong while running Bulkhead.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API call failed: {}", describe_kube(.0))]
-    Kube(#[source] Box<kube::Error>),
+    /// A Kubernetes API call failed; `action` says which (`patch Secret team-a/db`).
+    #[error("{action} failed: {}", describe_kube(.source))]
+    Kube {
+        action: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
 
     /// The API refused a call because the Role lacks a rule.
     #[error("forbidden: {action}; the Role lacks: {rule}. Grant it with {fix}")]
@@ -23,33 +36,41 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
-    /// The object's spec cannot be acted on; waits for the user to change it.
-    #[error("invalid spec: {0}")]
-    InvalidSpec(String),
-
-    /// A Secret of that name exists and Bulkhead does not manage it.
-    #[error("{0}")]
-    Conflict(String),
-
     /// Serialising an object failed.
     #[error("serialisation failed: {0}")]
     Serialization(#[from] serde_json::Error),
 
-    /// Building the Kubernetes client failed.
-    #[error("cannot build a Kubernetes client: {0}")]
-    Config(String),
+    /// No usable Kubernetes client or access: `message` says what was being done and the fix.
+    #[error("{message}")]
+    Config {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
-    /// The operator's own configuration is unusable.
-    #[error("configuration: {0}")]
-    Usage(String),
+    /// The operator's own configuration is unusable: `message` names the flag and the fix.
+    #[error("configuration: {message}")]
+    Usage {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// The operating system's random number generator failed.
-    #[error("{0}")]
-    Entropy(String),
+    #[error("the operating system's random number generator failed while {doing}: {source}")]
+    Entropy {
+        doing: String,
+        #[source]
+        source: getrandom::Error,
+    },
 
     /// Restarting a workload after a rotation failed (retried).
-    #[error("{0}")]
-    Restart(String),
+    #[error("restarting {target} failed: {}", describe_kube(.source))]
+    Restart {
+        target: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
 
     /// A control-plane call failed (retried with backoff, or at the time it asked for).
     #[error("control plane: {0}")]
@@ -60,25 +81,89 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// For call sites that do not say what they did yet; prefer [`Doing::doing`].
 impl From<kube::Error> for Error {
     fn from(err: kube::Error) -> Self {
-        Self::Kube(Box::new(err))
+        Self::api(UNNAMED_ACTION, err)
     }
 }
 
 impl Error {
+    /// A failed Kubernetes call and what it was doing (`get Lease bulkhead/bulkhead`).
+    pub fn api(action: impl Into<String>, err: kube::Error) -> Self {
+        Self::Kube {
+            action: action.into(),
+            source: Box::new(err),
+        }
+    }
+
+    /// Like [`Error::api`], and a 403 becomes [`Error::Forbidden`] naming the Role `rule` that
+    /// allows the call and the `fix` that grants it.
+    pub fn api_as(action: impl Into<String>, err: kube::Error, rule: &str, fix: &str) -> Self {
+        if is_status(&err, 403) {
+            Self::Forbidden {
+                action: action.into(),
+                rule: rule.to_owned(),
+                fix: fix.to_owned(),
+                source: Box::new(err),
+            }
+        } else {
+            Self::api(action, err)
+        }
+    }
+
+    /// A client or access problem with nothing underneath it.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::Config {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A client or access problem caused by `source`.
+    pub fn config_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Config {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A bad flag or setting with nothing underneath it.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::Usage {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A bad flag or setting found because `source` failed.
+    pub fn usage_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Usage {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The underlying Kubernetes error, if this is one.
+    pub fn kube_error(&self) -> Option<&kube::Error> {
+        match self {
+            Self::Kube { source, .. }
+            | Self::Forbidden { source, .. }
+            | Self::Restart { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
     /// A short, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube(_) => "kube",
+            Self::Kube { .. } => "kube",
             Self::Forbidden { .. } => "forbidden",
-            Self::InvalidSpec(_) => "invalid_spec",
-            Self::Conflict(_) => "conflict",
             Self::Serialization(_) => "serialization",
-            Self::Config(_) => "config",
-            Self::Usage(_) => "usage",
-            Self::Entropy(_) => "entropy",
-            Self::Restart(_) => "restart",
+            Self::Config { .. } => "config",
+            Self::Usage { .. } => "usage",
+            Self::Entropy { .. } => "entropy",
+            Self::Restart { .. } => "restart",
             Self::Io(_) => "io",
             Self::ControlPlane(_) => "control_plane",
         }
@@ -93,23 +178,34 @@ impl Error {
     }
 }
 
+/// How a Kubernetes call site says what it was doing:
+/// `api.get_opt(name).await.doing(format!("get Lease {ns}/{name}"))?`.
+pub trait Doing<T> {
+    /// Wrap an error as [`Error::Kube`] naming `action`.
+    fn doing(self, action: impl Into<String>) -> Result<T>;
+    /// Like [`Doing::doing`]; a 403 becomes [`Error::Forbidden`] naming `rule` and `fix`.
+    fn doing_as(self, action: impl Into<String>, rule: &str, fix: &str) -> Result<T>;
+}
+
+impl<T> Doing<T> for std::result::Result<T, kube::Error> {
+    fn doing(self, action: impl Into<String>) -> Result<T> {
+        self.map_err(|err| Error::api(action, err))
+    }
+
+    fn doing_as(self, action: impl Into<String>, rule: &str, fix: &str) -> Result<T> {
+        self.map_err(|err| Error::api_as(action, err, rule, fix))
+    }
+}
+
 /// Whether a kube error is an API status with this HTTP code.
 pub fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == code)
 }
 
-/// Turn a 403 into `Error::Forbidden` naming the missing rule and the fix; keep other errors.
+/// Turn a 403 into `Error::Forbidden` naming the missing rule and the fix; other errors keep
+/// the action too. Same as [`Error::api_as`] (kept for the call sites written against it).
 pub fn forbidden_as(err: kube::Error, action: impl Into<String>, rule: &str, fix: &str) -> Error {
-    if is_status(&err, 403) {
-        Error::Forbidden {
-            action: action.into(),
-            rule: rule.to_owned(),
-            fix: fix.to_owned(),
-            source: Box::new(err),
-        }
-    } else {
-        Error::from(err)
-    }
+    Error::api_as(action, err, rule, fix)
 }
 
 /// A kube error as a person should read it: an API answer as `HTTP 401 Unauthorized: <its
@@ -180,5 +276,155 @@ mod tests {
             !text.contains("Status {") && text.contains("HTTP 404 Not Found"),
             "{text}"
         );
+    }
+
+    fn api_status(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..kube::core::Status::default()
+        }))
+    }
+
+    /// The sources under an error, outermost first.
+    fn sources(err: &Error) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut current = std::error::Error::source(err);
+        while let Some(e) = current {
+            out.push(e.to_string());
+            current = e.source();
+        }
+        out
+    }
+
+    fn source_is<T: std::error::Error + 'static>(err: &Error) -> bool {
+        std::error::Error::source(err).is_some_and(|s| s.is::<T>())
+    }
+
+    #[test]
+    fn an_api_error_names_the_action_and_keeps_the_kube_error() {
+        let result: std::result::Result<(), kube::Error> = Err(api_status(500, "etcd timed out"));
+        let err = result.doing("patch Secret team-a/db").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "patch Secret team-a/db failed: HTTP 500 Internal Server Error: etcd timed out"
+        );
+        assert_eq!(err.metric_label(), "kube");
+        assert!(matches!(err.kube_error(), Some(kube::Error::Api(s)) if s.code == 500));
+        assert!(
+            source_is::<Box<kube::Error>>(&err),
+            "the kube error is the source"
+        );
+        // A bare `?` still works and says it was a Kubernetes call.
+        let bare = Error::from(api_status(409, "conflict"));
+        assert!(
+            bare.to_string()
+                .starts_with("Kubernetes API call failed: HTTP 409 Conflict"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn a_403_names_the_rule_and_the_fix_only_where_the_caller_knows_them() {
+        let result: std::result::Result<(), kube::Error> = Err(api_status(403, "no"));
+        let err = result
+            .doing_as("get secrets/db", "secrets: get", "helm upgrade")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "forbidden: get secrets/db; the Role lacks: secrets: get. Grant it with helm upgrade"
+        );
+        assert_eq!(err.metric_label(), "forbidden");
+        assert!(err.kube_error().is_some(), "keeps the 403");
+        // Without a rule to name, a 403 is a failed call like any other.
+        let plain = Error::api("get secrets/db", api_status(403, "no"));
+        assert_eq!(plain.metric_label(), "kube");
+        assert!(
+            plain
+                .to_string()
+                .starts_with("get secrets/db failed: HTTP 403 Forbidden")
+        );
+        // Other codes are never called forbidden.
+        let other = forbidden_as(api_status(404, "gone"), "get secrets/db", "r", "f");
+        assert_eq!(
+            other.to_string(),
+            "get secrets/db failed: HTTP 404 Not Found: gone"
+        );
+    }
+
+    #[test]
+    fn config_and_usage_say_what_was_done_and_keep_their_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let err = Error::usage_from("cannot listen on 0.0.0.0:8080; pick a free address", io);
+        assert_eq!(
+            err.to_string(),
+            "configuration: cannot listen on 0.0.0.0:8080; pick a free address"
+        );
+        assert_eq!(sources(&err), vec!["address in use"]);
+        assert_eq!(err.metric_label(), "usage");
+        let bare = Error::usage("--metrics-addr and --probe-addr must differ");
+        assert!(sources(&bare).is_empty());
+
+        let err = Error::config_from(
+            "cannot build a Kubernetes client: no kubeconfig",
+            api_status(401, "Unauthorized"),
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot build a Kubernetes client: no kubeconfig"
+        );
+        assert!(source_is::<kube::Error>(&err));
+        assert_eq!(err.metric_label(), "config");
+        assert_eq!(Error::config("no store").to_string(), "no store");
+    }
+
+    #[test]
+    fn entropy_and_restart_say_what_failed_and_keep_their_source() {
+        let err = Error::Entropy {
+            doing: "generating a Secret value".into(),
+            source: getrandom::Error::UNSUPPORTED,
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "the operating system's random number generator failed while generating a Secret value: "
+            ),
+            "{text}"
+        );
+        assert_eq!(sources(&err).len(), 1);
+        assert_eq!(err.metric_label(), "entropy");
+
+        let err = Error::Restart {
+            target: "Deployment/web".into(),
+            source: Box::new(api_status(422, "invalid")),
+        };
+        assert_eq!(
+            err.to_string(),
+            "restarting Deployment/web failed: HTTP 422 Unprocessable Entity: invalid"
+        );
+        assert!(err.kube_error().is_some());
+        assert_eq!(err.metric_label(), "restart");
+    }
+
+    #[test]
+    fn serialization_io_and_control_plane_keep_their_source() {
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let err = Error::from(json);
+        assert!(err.to_string().starts_with("serialisation failed: "));
+        assert_eq!(sources(&err).len(), 1);
+        let err = Error::from(std::io::Error::other("disk gone"));
+        assert_eq!(err.to_string(), "I/O: disk gone");
+        assert_eq!(sources(&err), vec!["disk gone"]);
+        assert_eq!(err.metric_label(), "io");
+        let timeout = crate::controlplane::client::ControlPlaneError::Timeout(
+            std::time::Duration::from_secs(5),
+        );
+        let err = Error::from(timeout);
+        assert_eq!(
+            err.to_string(),
+            "control plane: the control plane did not answer within 5s"
+        );
+        assert_eq!(sources(&err).len(), 1);
+        assert_eq!(err.metric_label(), "control_plane");
     }
 }

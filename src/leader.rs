@@ -40,7 +40,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
-use crate::error::is_status;
+use crate::backoff::Schedule;
+use crate::error::{Doing as _, is_status};
 
 /// Field manager the Lease is written with (exclusivity comes from the resourceVersion guard,
 /// not from field ownership).
@@ -74,6 +75,16 @@ impl LeaderConfig {
     /// Pause between attempts while a write is due: several attempts fit into G/2.
     fn retry_period(&self) -> Duration {
         (self.renew_grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// Retries while not leading: twice the retry period doubling per failure, at most 32
+    /// periods and at most the renew grace (or one period, if that is longer).
+    fn standby_retries(&self) -> Schedule {
+        let period = self.retry_period();
+        Schedule::new(
+            period.saturating_mul(2),
+            self.renew_grace.max(period).min(period.saturating_mul(32)),
+        )
     }
 
     /// The longest a single Lease request may take.
@@ -202,7 +213,10 @@ impl Leadership {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         // A Lease that cannot be read is an error of `start`, reported before anything is
         // reconciled.
-        let first = api.get_opt(&config.lease_name).await?;
+        let first = api.get_opt(&config.lease_name).await.doing(format!(
+            "get Lease {}/{}",
+            config.namespace, config.lease_name
+        ))?;
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
         let mut elector = Elector::new(api.clone(), config.clone(), fence, tx);
@@ -404,7 +418,7 @@ impl Elector {
                     self.observe_read(lease, Instant::now());
                     Ok(())
                 }
-                Ok(Err(err)) => Err(err.to_string()),
+                Ok(Err(err)) => Err(self.failed("get", err)),
                 Err(_) => Err("timed out".to_owned()),
             },
             Step::Create => {
@@ -422,7 +436,7 @@ impl Elector {
                         self.known = Known::Unknown;
                         Ok(())
                     }
-                    Ok(Err(err)) => Err(err.to_string()),
+                    Ok(Err(err)) => Err(self.failed("create", err)),
                     Err(_) => Err("timed out".to_owned()),
                 }
             }
@@ -447,7 +461,7 @@ impl Elector {
                         self.known = Known::Absent;
                         Ok(())
                     }
-                    Ok(Err(err)) => Err(err.to_string()),
+                    Ok(Err(err)) => Err(self.failed("patch", err)),
                     Err(_) => Err("timed out".to_owned()),
                 }
             }
@@ -459,13 +473,10 @@ impl Elector {
             }
             Err(error) => {
                 self.failures = self.failures.saturating_add(1);
-                let period = self.config.retry_period();
                 let delay = if self.renewed.is_some() {
-                    period
+                    self.config.retry_period()
                 } else {
-                    period
-                        .saturating_mul(1 << self.failures.min(5))
-                        .min(self.config.renew_grace.max(period))
+                    self.config.standby_retries().delay(self.failures)
                 };
                 tracing::warn!(
                     error,
@@ -602,6 +613,15 @@ impl Elector {
         };
     }
 
+    /// A failed Lease call as one line naming the call and the Lease.
+    fn failed(&self, verb: &str, err: kube::Error) -> String {
+        let action = format!(
+            "{verb} Lease {}/{}",
+            self.config.namespace, self.config.lease_name
+        );
+        crate::Error::api(action, err).to_string()
+    }
+
     /// On shutdown: clear the holder (guarded), so a standby takes over at once.
     async fn release(&mut self) {
         let ours = matches!(&self.known, Known::Present { lease, .. } if holder(lease) == Some(self.config.identity.as_str()));
@@ -630,7 +650,11 @@ impl Elector {
                 tracing::info!("the Lease changed meanwhile; nothing to release");
             }
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "releasing the Lease failed; a standby takes over when it expires");
+                let error = self.failed("release (patch)", err);
+                tracing::warn!(
+                    error,
+                    "releasing the Lease failed; a standby takes over when it expires"
+                );
             }
             Err(_) => tracing::warn!(
                 "releasing the Lease timed out; a standby takes over when it expires"
@@ -697,12 +721,12 @@ fn lease_events(api: Api<Lease>, name: &str) -> impl Stream<Item = Seen> + Send 
 /// Validate the lease timings, with a message naming the flags.
 pub fn validate_timings(duration: Duration, grace: Duration) -> Result<()> {
     if duration < Duration::from_secs(5) {
-        return Err(crate::Error::Usage(
-            "--lease-duration must be at least 5s (default 30s)".to_owned(),
+        return Err(crate::Error::usage(
+            "--lease-duration must be at least 5s (default 30s)",
         ));
     }
     if grace.is_zero() || grace >= duration {
-        return Err(crate::Error::Usage(format!(
+        return Err(crate::Error::usage(format!(
             "--lease-renew-grace must be more than 0s and less than --lease-duration ({}); default 10s",
             crate::api::duration::format(duration)
         )));
@@ -729,6 +753,36 @@ mod tests {
             }
         });
         Client::new(service, "team-a")
+    }
+
+    #[test]
+    fn a_standby_retries_from_two_periods_doubling_to_the_grace_or_32_periods() {
+        let retries = |duration: u64, grace_ms: u64| {
+            let config = LeaderConfig {
+                enabled: true,
+                namespace: "team-a".into(),
+                lease_name: "bulkhead".into(),
+                identity: "me".into(),
+                lease_duration: Duration::from_secs(duration),
+                renew_grace: Duration::from_millis(grace_ms),
+            };
+            let schedule = config.standby_retries();
+            (1..=7)
+                .map(|f| u64::try_from(schedule.delay(f).as_millis()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Grace 10 s: period 1 s, capped at the grace.
+        assert_eq!(
+            retries(30, 10_000),
+            [2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000]
+        );
+        // Grace 100 s: period 2 s (its ceiling), capped at 32 periods.
+        assert_eq!(
+            retries(300, 100_000),
+            [4000, 8000, 16_000, 32_000, 64_000, 64_000, 64_000]
+        );
+        // Grace 500 ms: period 100 ms (its floor), capped at the grace.
+        assert_eq!(retries(5, 500), [200, 400, 500, 500, 500, 500, 500]);
     }
 
     fn elector() -> (Elector, watch::Receiver<bool>, Fence) {

@@ -2,6 +2,7 @@
 //! credentials without being able to enumerate the namespace's other Secrets.
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod controlplane;

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::backoff::Schedule;
 use crate::controller;
-use crate::controller::backoff;
 use crate::leader::{self, LeaderConfig, Leadership};
 use crate::preflight;
 use crate::rbac::{self, RbacOptions};
@@ -107,7 +107,7 @@ async fn wait_for_preflight(
             return true;
         }
         failures = failures.saturating_add(1);
-        let delay = backoff::delay_for(failures);
+        let delay = Schedule::RECONCILE.delay(failures);
         let summary = result.summary();
         readiness.set_not_ready(summary.clone());
         tracing::error!(

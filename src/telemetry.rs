@@ -42,9 +42,10 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
         format!("{level},kube_client::client::builder=off")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
-        crate::Error::Usage(format!(
+        let message = format!(
             "--log-level {level:?} is not a valid filter ({e}); use e.g. info or bulkhead=debug,kube=warn"
-        ))
+        );
+        crate::Error::usage_from(message, e)
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -360,9 +361,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
-        crate::Error::Usage(format!(
+        let message = format!(
             "cannot listen on {addr}: {e}; pick a free address with --metrics-addr/--probe-addr"
-        ))
+        );
+        crate::Error::usage_from(message, e)
     })?;
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, router)

@@ -85,7 +85,8 @@ fn run_against_an_unreachable_server_says_so_once_per_attempt_without_colour() {
     let dir = tempdir("run-unreachable");
     let port = closed_port();
     let config = kubeconfig(&dir, &format!("https://127.0.0.1:{port}"));
-    let mut child = bulkhead(
+    // Two attempts (1 s apart), then stop.
+    let command = bulkhead(
         &config,
         &[
             "run",
@@ -98,36 +99,10 @@ fn run_against_an_unreachable_server_says_so_once_per_attempt_without_colour() {
             "--probe-addr",
             "127.0.0.2:0",
         ],
-    )
-    .stderr(Stdio::piped())
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
+    );
+    let lines = stderr_until(command, |lines| {
+        lines.iter().filter(|l| l.contains("cannot reach")).count() >= 2
     });
-    // Two attempts (1 s apart), then stop.
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lines
-        .iter()
-        .filter(|l: &&String| l.contains("cannot reach"))
-        .count()
-        < 2
-    {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no second attempt within 30 s: {lines:#?}"));
-        lines.push(line);
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
     let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 2, "one ERROR line per attempt: {lines:#?}");
     for line in &errors {
@@ -139,6 +114,76 @@ fn run_against_an_unreachable_server_says_so_once_per_attempt_without_colour() {
     assert!(
         lines.iter().all(|l| !l.contains('\u{1b}')),
         "no ANSI colour codes into a pipe: {lines:#?}"
+    );
+}
+
+/// Runs `command` and reads its stderr until `done` holds for the lines so far (30 s at most),
+/// then kills it and returns the lines.
+fn stderr_until(mut command: Command, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(&lines) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("not seen within 30 s (or the process ended): {lines:#?}"));
+        lines.push(line);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lines
+}
+
+#[test]
+fn ephemeral_metrics_and_probe_ports_on_one_address_are_accepted() {
+    let dir = tempdir("run-port-0");
+    let port = closed_port();
+    let config = kubeconfig(&dir, &format!("https://127.0.0.1:{port}"));
+    let run = |metrics: &str, probe: &str| {
+        bulkhead(
+            &config,
+            &[
+                "run",
+                "--namespace",
+                "team-a",
+                "--log-format",
+                "text",
+                "--metrics-addr",
+                metrics,
+                "--probe-addr",
+                probe,
+            ],
+        )
+    };
+    // Port 0 twice: two different free ports, so the operator starts and goes on to the API.
+    let lines = stderr_until(run("127.0.0.1:0", "127.0.0.1:0"), |lines| {
+        lines.iter().any(|l| l.contains("cannot reach"))
+    });
+    assert!(
+        lines.iter().all(|l| !l.contains("must differ")),
+        "{lines:#?}"
+    );
+    // One fixed port twice is still refused, naming both flags.
+    let fixed = format!("127.0.0.1:{}", closed_port());
+    let output = run(&fixed, &fixed).output().unwrap();
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--metrics-addr and --probe-addr must differ"),
+        "{stderr}"
     );
 }
 

@@ -1,6 +1,9 @@
 //! Go-style durations (`90s`, `5m`, `720h`, `1h30m`), the format Kubernetes users already write
 //! in every other manifest. The CRD validates them with CEL's `duration()`; this parser is the
 //! controller's own check, so a value the API server let through is still never misread.
+//! It accepts exactly the CRD's grammar `^([0-9]+(ms|s|m|h))+$` and never panics;
+//! `kube::core::Duration` does neither (see the test
+//! `kube_core_duration_is_not_our_grammar_and_panics_on_overflow`).
 
 use std::time::Duration;
 
@@ -119,6 +122,37 @@ mod tests {
                 err.to_string().contains("720h"),
                 "the message shows the fix"
             );
+        }
+    }
+
+    /// Why this parser and not `kube::core::Duration` (already compiled in): that one parses
+    /// Go's whole grammar (signs, fractions, ns/us, a bare "0", the empty string as zero) and
+    /// multiplies with `Duration::mul_f64` / `+=`, which panic on overflow. The CRD's CEL
+    /// (`^([0-9]+(ms|s|m|h))+$`) and this parser refuse all of those; a flag has no CEL in front
+    /// of it, and a controller must not panic on an object an older CRD let through.
+    #[test]
+    fn kube_core_duration_is_not_our_grammar_and_panics_on_overflow() {
+        let kube_parse = |text: &str| text.parse::<kube::core::Duration>();
+        // Agrees on what the CEL accepts.
+        for text in ["90s", "5m", "720h", "1h30m", "250ms", "24h"] {
+            let ours = parse(text).unwrap();
+            assert_eq!(Duration::from(kube_parse(text).unwrap()), ours, "{text}");
+        }
+        // Accepts what the CEL and this parser refuse.
+        for text in ["", "0", "1.5h", "-5m", "+5m", "10ns", "3us"] {
+            assert!(kube_parse(text).is_ok(), "kube accepts {text:?}");
+            assert!(parse(text).is_err(), "we refuse {text:?}");
+        }
+        assert_eq!(Duration::from(kube_parse("").unwrap()), Duration::ZERO);
+        assert!(kube_parse("-5m").unwrap().is_negative());
+        // Panics where this parser returns an error.
+        for (text, why) in [
+            ("99999999999999999999h", "a number is too large"),
+            ("9999999999999999h", "it is too long"),
+        ] {
+            let outcome = std::panic::catch_unwind(|| kube_parse(text));
+            assert!(outcome.is_err(), "kube panics on {text:?}");
+            assert_eq!(parse(text).unwrap_err().why, why);
         }
     }
 

@@ -30,7 +30,7 @@ use crate::credentials::control_plane_token::token_data;
 use crate::credentials::issued::MIN_REFRESH;
 use crate::credentials::registry_credentials::registry_data;
 use crate::credentials::{self};
-use crate::error::forbidden_as;
+use crate::error::Doing;
 use crate::resources::entropy::OsEntropy;
 use crate::resources::plan::{CredentialKind, Issued, Observed, Plan, Refusal, Request, Step};
 use crate::resources::secret;
@@ -166,10 +166,11 @@ async fn converge(
 ) -> std::result::Result<Outcome, Failed> {
     let kind = credentials::kind(credential.spec.type_);
     let name = credential.secret_name();
-    let current =
-        ctx.api::<Secret>().get_opt(&name).await.map_err(|e| {
-            forbidden_as(e, format!("get secrets/{name}"), SECRETS_RULE, SECRETS_FIX)
-        })?;
+    let current = ctx.api::<Secret>().get_opt(&name).await.doing_as(
+        format!("get secrets/{name} in {}", ctx.namespace),
+        SECRETS_RULE,
+        SECRETS_FIX,
+    )?;
     let observed = match secret::observe(kind, credential, current.as_ref(), now) {
         Ok(observed) => observed,
         Err(refusal) => return Ok(Outcome::Refused(refusal)),
@@ -320,59 +321,52 @@ async fn write_secret(
     desired: Secret,
 ) -> Result<Secret> {
     let name = desired.name_any();
-    let forbidden = |e| {
-        forbidden_as(
-            e,
-            format!("write secrets/{name}"),
-            SECRETS_RULE,
-            SECRETS_FIX,
-        )
-    };
-    let written = apply_secret(ctx, current, desired.clone())
-        .await
-        .map_err(forbidden)?;
-    match secret::removal_patch(kind, &written, &desired) {
-        None => Ok(written),
-        Some(patch) => ctx
-            .api::<Secret>()
-            .patch(
-                &name,
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.to_owned()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(forbidden),
-    }
-}
-
-async fn apply_secret(
-    ctx: &Context,
-    current: Option<&Secret>,
-    mut desired: Secret,
-) -> kube::Result<Secret> {
-    let name = desired.name_any();
+    let ns = &ctx.namespace;
     let api = ctx.api::<Secret>();
-    match current {
+    let written = match current {
         None => {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..PostParams::default()
             };
-            api.create(&params, &desired).await
+            api.create(&params, &desired).await.doing_as(
+                format!("create secrets/{name} in {ns}"),
+                SECRETS_RULE,
+                SECRETS_FIX,
+            )?
         }
         Some(current) => {
-            desired.metadata.resource_version = current.resource_version();
+            let mut guarded = desired.clone();
+            guarded.metadata.resource_version = current.resource_version();
             // Forcing takes only the fields in this apply: the keys, labels and annotations
             // Bulkhead owns; any other key in the Secret stays with its manager.
             api.patch(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
+                &Patch::Apply(&guarded),
             )
             .await
+            .doing_as(
+                format!("apply secrets/{name} in {ns}"),
+                SECRETS_RULE,
+                SECRETS_FIX,
+            )?
+        }
+    };
+    match secret::removal_patch(kind, &written, &desired) {
+        None => Ok(written),
+        Some(patch) => {
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            api.patch(&name, &params, &Patch::Merge(&patch))
+                .await
+                .doing_as(
+                    format!("patch secrets/{name} in {ns} (remove what Bulkhead stopped writing)"),
+                    SECRETS_RULE,
+                    SECRETS_FIX,
+                )
         }
     }
 }
@@ -422,11 +416,11 @@ async fn restart_if_owed(
     if !outcome.forbidden.is_empty() {
         return Ok(Restart::Forbidden(outcome.forbidden));
     }
-    match outcome.failed.first() {
-        Some((target, err)) => Err(Error::Restart(format!(
-            "restarting {:?}/{} failed: {err}",
-            target.kind, target.name
-        ))),
+    match outcome.failed.into_iter().next() {
+        Some((target, err)) => Err(Error::Restart {
+            target: format!("{:?}/{}", target.kind, target.name),
+            source: Box::new(err),
+        }),
         None => Ok(Restart::Restarted),
     }
 }
@@ -466,8 +460,11 @@ pub fn desired_conditions(credential: &Credential, outcome: &Outcome) -> Vec<Des
                 ),
             );
         }
-        Outcome::Refused(Refusal::Entropy(msg)) => {
-            return not_ready("EntropyUnavailable", msg.clone());
+        Outcome::Refused(Refusal::Entropy(err)) => {
+            return not_ready(
+                "EntropyUnavailable",
+                format!("the operating system's random number generator failed: {err}"),
+            );
         }
         Outcome::Forbidden { action, rule, fix } => {
             return not_ready(
@@ -584,7 +581,12 @@ fn next_action(outcome: &Outcome, now: Timestamp, recheck: Duration) -> Result<A
         Outcome::Refused(Refusal::InvalidSpec(_)) => Action::await_change(),
         // The link coming up triggers a reconcile; this requeue is only a safety net.
         Outcome::Refused(Refusal::NeedsControlPlane(_)) => Action::requeue(NOT_LINKED_RETRY),
-        Outcome::Refused(Refusal::Entropy(msg)) => return Err(Error::Entropy(msg.clone())),
+        Outcome::Refused(Refusal::Entropy(source)) => {
+            return Err(Error::Entropy {
+                doing: "generating a Secret value".to_owned(),
+                source: *source,
+            });
+        }
         // Re-check now and then: the foreign Secret may be removed. Never a hot loop.
         Outcome::Refused(Refusal::Conflict(_))
         | Outcome::Forbidden { .. }
@@ -624,14 +626,15 @@ async fn report(
                 &Patch::Apply(&patch),
             )
             .await
-            .map_err(|e| {
-                forbidden_as(
-                    e,
-                    format!("patch credentials/{}/status", credential.name_any()),
-                    "credentials/status: patch",
-                    SECRETS_FIX,
-                )
-            })?;
+            .doing_as(
+                format!(
+                    "patch credentials/{}/status in {}",
+                    credential.name_any(),
+                    ctx.namespace
+                ),
+                "credentials/status: patch",
+                SECRETS_FIX,
+            )?;
     }
     // Rotations have their own Events; transitions of Conflict and RestartNotPermitted are
     // the ones a user acts on.
@@ -798,7 +801,11 @@ mod tests {
                 "ControlPlaneNotLinked",
                 "kubectl get tenant",
             ),
-            (Refusal::Entropy("rng".into()), "EntropyUnavailable", "rng"),
+            (
+                Refusal::Entropy(getrandom::Error::UNSUPPORTED),
+                "EntropyUnavailable",
+                "random number generator failed",
+            ),
         ] {
             let conds = conditions(&Outcome::Refused(refusal));
             assert_eq!(conds.len(), 1);
@@ -891,8 +898,8 @@ mod tests {
             Action::requeue(NOT_LINKED_RETRY)
         );
         assert!(matches!(
-            refused(Refusal::Entropy("rng".into())),
-            Err(Error::Entropy(_))
+            refused(Refusal::Entropy(getrandom::Error::UNSUPPORTED)),
+            Err(Error::Entropy { .. })
         ));
     }
 }

@@ -5,7 +5,6 @@
 //! Credential watch feeds both controllers through a shared reflector, so the namespace is
 //! watched once per kind.
 
-pub mod backoff;
 pub mod credential;
 pub mod restart;
 pub mod tenant;
@@ -26,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::conditions::{ConditionStatus, Transition};
 use crate::api::{Credential, Guarded, Tenant, Undecodable};
+use crate::backoff::Backoff;
 use crate::resources;
 use crate::telemetry::Metrics;
 use crate::{Error, Result};
-pub use backoff::Backoff;
 
 /// Reconciles in flight per controller.
 pub const RECONCILE_CONCURRENCY: u16 = 8;
@@ -166,6 +165,7 @@ impl Context {
             secondary: None,
         };
         if let Err(err) = self.recorder.publish(&event, regarding).await {
+            let err = Error::api(format!("create Event in {}", self.namespace), err);
             tracing::warn!(error = %err, reason, "cannot publish Event");
         }
     }
@@ -260,9 +260,9 @@ pub async fn run(
     let (undecodable_tx, undecodable_rx) = tokio::sync::mpsc::unbounded_channel();
 
     let (reader, writer) = reflector::store_shared::<Credential>(256);
-    let credential_changes = writer.subscribe().ok_or_else(|| {
-        Error::Config("shared Credential store has no subscriber handle".to_owned())
-    })?;
+    let credential_changes = writer
+        .subscribe()
+        .ok_or_else(|| Error::config("shared Credential store has no subscriber handle"))?;
     // The one Credential watch of this instance: it fills the shared cache (whose subscriber
     // drives the Tenant's counts) and triggers the Credential controller.
     let credential_sift = Sift::new(reader.clone(), metrics.clone(), undecodable_tx.clone());

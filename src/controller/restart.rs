@@ -11,14 +11,14 @@ use crate::error::is_status;
 use crate::resources::RESTARTED_AT;
 
 /// What happened to the restart targets.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct RestartOutcome {
     /// Targets the Role does not allow patching.
     pub forbidden: Vec<RestartTarget>,
     /// Targets that do not exist.
     pub missing: Vec<RestartTarget>,
     /// Other failures (retried later).
-    pub failed: Vec<(RestartTarget, String)>,
+    pub failed: Vec<(RestartTarget, kube::Error)>,
 }
 
 impl RestartOutcome {
@@ -109,7 +109,7 @@ pub async fn restart_targets(
             }
             Err(err) if is_status(&err, 403) => outcome.forbidden.push(target.clone()),
             Err(err) if is_status(&err, 404) => outcome.missing.push(target.clone()),
-            Err(err) => outcome.failed.push((target.clone(), err.to_string())),
+            Err(err) => outcome.failed.push((target.clone(), err)),
         }
     }
     outcome

@@ -27,6 +27,7 @@ use crate::api::tenant::{
 use crate::api::{Credential, TENANT_NAME, Tenant};
 use crate::controlplane::client::ControlPlaneError;
 use crate::controlplane::identity::{self, IdentitySummary};
+use crate::error::Doing as _;
 
 /// How long a reconcile waits for the identity watch's first list.
 const IDENTITY_LIST_WAIT: Duration = Duration::from_secs(10);
@@ -469,7 +470,16 @@ async fn reconcile_inner(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Actio
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
-            .await?;
+            .await
+            .doing_as(
+                format!(
+                    "patch tenants/{}/status in {}",
+                    tenant.name_any(),
+                    ctx.namespace
+                ),
+                "bulkhead.dev tenants/status: patch",
+                "the chart's Role (helm upgrade the release; see `bulkhead rbac`)",
+            )?;
         tracing::debug!(?counts, "Tenant status updated");
     }
     ctx.publish_transitions(tenant.as_ref(), &transitions, &[])

@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::identity::Identity;
 use crate::api::conditions::bounded;
 use crate::api::tenant::CredentialCounts;
+use crate::backoff::{self, Schedule};
 use crate::telemetry::{ControlPlaneLabels, Metrics};
 
 /// Largest response body read (problems and records are small).
@@ -49,6 +50,13 @@ pub struct ClientSettings {
     /// A 429 asking to wait longer than this is returned instead of slept on, so the caller
     /// requeues at that time rather than holding a reconcile.
     pub max_retry_after: Duration,
+}
+
+impl ClientSettings {
+    /// Retries of one call: `base_delay` doubling up to `max_delay`.
+    pub fn retry_schedule(&self) -> Schedule {
+        Schedule::new(self.base_delay, self.max_delay)
+    }
 }
 
 impl Default for ClientSettings {
@@ -616,25 +624,14 @@ impl ControlPlaneClient {
         }
     }
 
-    /// Jittered exponential backoff before attempt `attempt + 1`.
+    /// Jittered exponential backoff before attempt `attempt + 1`; the random factor in
+    /// [0.5, 1.0] keeps many instances from retrying in step.
     async fn pause(&self, attempt: u32) {
-        tokio::time::sleep(backoff(&self.settings, attempt, jitter())).await;
+        self.settings
+            .retry_schedule()
+            .sleep(attempt, backoff::random_factor())
+            .await;
     }
-}
-
-/// The delay after failed attempt `attempt` (1-based): base doubling up to max, scaled by
-/// `jitter` in [0.5, 1.0] so that many instances do not retry in step.
-pub fn backoff(settings: &ClientSettings, attempt: u32, jitter: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(16);
-    let raw = settings.base_delay.saturating_mul(1u32 << exp);
-    raw.min(settings.max_delay).mul_f64(jitter.clamp(0.5, 1.0))
-}
-
-fn jitter() -> f64 {
-    let mut byte = [0u8; 1];
-    // A failing OS RNG only makes the jitter deterministic; that is harmless here.
-    let _ = getrandom::fill(&mut byte);
-    0.5 + f64::from(byte[0]) / 510.0
 }
 
 /// `Retry-After` as seconds or an HTTP date, relative to `now`, at most [`MAX_RETRY_AFTER`].
@@ -729,18 +726,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_jitter_only_shortens() {
-        let s = ClientSettings::default();
-        assert_eq!(backoff(&s, 1, 1.0), Duration::from_millis(250));
-        assert_eq!(backoff(&s, 2, 1.0), Duration::from_millis(500));
-        assert_eq!(backoff(&s, 3, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(&s, 30, 1.0), Duration::from_secs(5));
-        assert_eq!(backoff(&s, 2, 0.5), Duration::from_millis(250));
-        assert_eq!(backoff(&s, 2, 0.0), Duration::from_millis(250));
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.5..=1.0).contains(&j), "{j}");
-        }
+    fn retries_double_from_250ms_to_5s_by_default() {
+        let s = ClientSettings::default().retry_schedule();
+        assert_eq!(s.delay(1), Duration::from_millis(250));
+        assert_eq!(s.delay(2), Duration::from_millis(500));
+        assert_eq!(s.delay(3), Duration::from_secs(1));
+        assert_eq!(s.delay(30), Duration::from_secs(5));
     }
 
     #[test]

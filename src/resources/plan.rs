@@ -92,7 +92,7 @@ pub enum Refusal {
     /// This type needs the control-plane link.
     NeedsControlPlane(CredentialType),
     /// The CSPRNG failed.
-    Entropy(String),
+    Entropy(getrandom::Error),
 }
 
 /// The outcome of planning: the Secret's desired data and journal.
@@ -297,9 +297,7 @@ pub fn rotation_policy(credential: &Credential) -> Result<Option<Policy>, Refusa
 
 /// The refusal for a failed CSPRNG.
 pub fn entropy_failed(e: getrandom::Error) -> Refusal {
-    Refusal::Entropy(format!(
-        "the operating system's random number generator failed: {e}"
-    ))
+    Refusal::Entropy(e)
 }
 
 /// The journal's salt: the one it has, or a new random one for the keyed key id.
