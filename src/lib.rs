@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod controlplane;
+pub mod credentials;
 pub mod day2;
 pub mod error;
 pub mod leader;

@@ -1,9 +1,12 @@
 //! Credential controller: generates, rotates and writes each Credential's Secret.
 //!
-//! observe (GET the Secret by name — never list) -> plan (pure, `resources::secret`) -> apply
-//! (create, or one server-side apply guarded by the Secret's resourceVersion) -> restart
-//! targets -> report (status only when changed, Events on changes). Requeues at the next
-//! rotation time, capped by the drift re-check interval.
+//! observe (GET the Secret by name — never list — and the rules every type shares,
+//! `resources::secret::observe`) -> plan (pure, the type's `CredentialKind` in
+//! `crate::credentials`; an issued type asks the control plane, then plans what it issued)
+//! -> apply (create, or one server-side apply guarded by the Secret's resourceVersion; then the
+//! restart targets) -> report (ONE call: the pure `desired_conditions` of the [`Outcome`],
+//! status written only when it changed, Events on transitions). Requeues at the next rotation
+//! time, capped by the drift re-check interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +20,20 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::restart::{self, RestartOutcome};
+use super::restart;
 use super::{Context, FIELD_MANAGER, instrumented};
 use crate::api::TENANT_NAME;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, Transition};
-use crate::api::credential::{Credential, CredentialStatus, CredentialType, condition};
-use crate::controlplane::client::ControlPlaneError;
-use crate::error::forbidden_as;
-use crate::resources::issued::{self, Decision};
-use crate::resources::random::OsEntropy;
-use crate::resources::secret::{self, Change, Plan, Refusal};
+use crate::api::credential::{Credential, CredentialStatus, RestartTarget, condition};
+use crate::controlplane::client::{ControlPlaneClient, ControlPlaneError};
+use crate::credentials::control_plane_token::token_data;
+use crate::credentials::issued::MIN_REFRESH;
+use crate::credentials::registry_credentials::registry_data;
+use crate::credentials::{self};
+use crate::error::Doing;
+use crate::resources::entropy::OsEntropy;
+use crate::resources::plan::{CredentialKind, Issued, Observed, Plan, Refusal, Request, Step};
+use crate::resources::secret;
 use crate::telemetry::{CredentialLabels, TypeLabels};
 use crate::{Error, Result};
 
@@ -63,63 +70,212 @@ pub fn requeue_after(
     }
 }
 
+/// What one reconcile found and did: all that [`desired_conditions`] needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The Secret holds the plan's value (written now, or already there).
+    Current { plan: Plan, restart: Restart },
+    /// Nothing was written, and why.
+    Refused(Refusal),
+    /// The Role does not allow a call the reconcile needs.
+    Forbidden {
+        action: String,
+        rule: String,
+        fix: String,
+    },
+    /// The control plane did not issue a value; `kept`: the Secret keeps its current one.
+    NotIssued {
+        reason: &'static str,
+        problem: String,
+        kept: bool,
+    },
+}
+
+impl Outcome {
+    /// The outcome a failed call reports, if it has one to report (a missing permission).
+    fn of_error(err: &Error) -> Option<Self> {
+        match err {
+            Error::Forbidden {
+                action, rule, fix, ..
+            } => Some(Self::Forbidden {
+                action: action.clone(),
+                rule: rule.clone(),
+                fix: fix.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Where the restart targets stand after this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// `spec.restartOnRotation` is empty.
+    NoTargets,
+    /// No restart owed: the targets run with the current value.
+    Current,
+    /// Every target was restarted onto the new value.
+    Restarted,
+    /// The Role does not allow patching these targets.
+    Forbidden(Vec<RestartTarget>),
+}
+
+/// A failed reconcile: the error for the backoff, and what the status should say, if anything.
+struct Failed {
+    error: Error,
+    outcome: Option<Outcome>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        let outcome = Outcome::of_error(&error);
+        Self { error, outcome }
+    }
+}
+
 async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Result<Action> {
-    let name = credential.secret_name();
-    let secrets = ctx.api::<Secret>();
     let now = Timestamp::now();
-    let current = match secrets.get_opt(&name).await {
-        Ok(current) => current,
-        Err(e) => {
-            let err = forbidden_as(e, format!("get secrets/{name}"), SECRETS_RULE, SECRETS_FIX);
-            return Err(report_forbidden(&ctx, &credential, err, now).await);
-        }
+    let converged = converge(&ctx, &credential, now).await;
+    let outcome = match &converged {
+        Ok(outcome) => Some(outcome),
+        Err(failed) => failed.outcome.as_ref(),
     };
-    let recheck = ctx.settings.drift_check;
-
-    let planned = if credential.spec.type_.is_issued() {
-        match plan_issued(&ctx, &credential, current.as_ref(), now).await {
-            Ok(planned) => planned,
-            Err(err) => {
-                // The current value (if any) stays in the Secret; only the refresh failed.
-                let message = match current.as_ref() {
-                    Some(_) => format!(
-                        "the control plane did not issue a new value: {err}; Secret {name} keeps the current one until it expires"
-                    ),
-                    None => format!("the control plane did not issue a value: {err}"),
-                };
-                let conds = vec![DesiredCondition::new(
-                    condition::READY,
-                    ConditionStatus::False,
-                    err.reason(),
-                    message,
-                )];
-                report(&ctx, &credential, conds, None, now).await?;
-                return Err(err.into());
+    let reported = match outcome {
+        Some(outcome) => report(&ctx, &credential, outcome, now).await,
+        None => Ok(()),
+    };
+    match converged {
+        Ok(outcome) => {
+            reported?;
+            next_action(&outcome, now, ctx.settings.drift_check)
+        }
+        Err(failed) => {
+            if let Err(status_err) = reported {
+                tracing::warn!(error = %status_err, "could not report the failure in status");
             }
+            Err(failed.error)
         }
-    } else {
-        secret::plan(&credential, current.as_ref(), now, &mut OsEntropy)
-    };
-    let plan = match planned {
-        Ok(plan) => plan,
-        Err(refusal) => {
-            let (conds, action) = refusal_conditions(refusal, recheck)?;
-            report(&ctx, &credential, conds, None, now).await?;
-            return Ok(action);
-        }
-    };
+    }
+}
 
-    let mut plan = plan;
-    let desired = secret::desired_secret(&credential, &plan);
-    let mut stored = current.clone();
-    if secret::differs(credential.spec.type_, current.as_ref(), &desired) {
-        match write_secret(&ctx, credential.spec.type_, current.as_ref(), desired).await {
+/// observe -> plan -> apply (the Secret, then the restart targets).
+async fn converge(
+    ctx: &Context,
+    credential: &Credential,
+    now: Timestamp,
+) -> std::result::Result<Outcome, Failed> {
+    let kind = credentials::kind(credential.spec.type_);
+    let name = credential.secret_name();
+    let current = ctx.api::<Secret>().get_opt(&name).await.doing_as(
+        format!("get secrets/{name} in {}", ctx.namespace),
+        SECRETS_RULE,
+        SECRETS_FIX,
+    )?;
+    let observed = match secret::observe(kind, credential, current.as_ref(), now) {
+        Ok(observed) => observed,
+        Err(refusal) => return Ok(Outcome::Refused(refusal)),
+    };
+    let mut plan = match plan_and_issue(ctx, kind, &observed).await? {
+        Ok(plan) => plan,
+        Err(refusal) => return Ok(Outcome::Refused(refusal)),
+    };
+    let stored = apply(ctx, kind, credential, current, &plan).await?;
+    let restart = restart_if_owed(ctx, kind, credential, &mut plan, stored.as_ref()).await?;
+    Ok(Outcome::Current { plan, restart })
+}
+
+/// The type's pure plan; for an issued type due a new value, the control plane is asked and
+/// what it issued is planned (pure again).
+async fn plan_and_issue(
+    ctx: &Context,
+    kind: &dyn CredentialKind,
+    observed: &Observed<'_>,
+) -> std::result::Result<std::result::Result<Plan, Refusal>, Failed> {
+    let (request, change) = match kind.plan(observed, &mut OsEntropy) {
+        Err(refusal) => return Ok(Err(refusal)),
+        Ok(Step::Write(plan)) => return Ok(Ok(*plan)),
+        Ok(Step::Issue { request, change }) => (request, change),
+    };
+    // The link belongs to the Tenant: once it is deleted (or drops spec.controlPlane), nothing
+    // more is issued through a client it left behind.
+    let tenant = ctx
+        .tenants
+        .get(&ObjectRef::new(TENANT_NAME).within(&ctx.namespace));
+    let linked_tenant = tenant.is_some_and(|t| t.spec.control_plane.is_some());
+    let Some(client) = ctx.link.current().filter(|_| linked_tenant) else {
+        let type_ = observed.credential.spec.type_;
+        return Ok(Err(Refusal::NeedsControlPlane(type_)));
+    };
+    match issue(&client, request, observed.now).await {
+        Ok(issued) => Ok(kind.plan_issued(observed, change, issued)),
+        Err(err) => Err(Failed {
+            outcome: Some(Outcome::NotIssued {
+                reason: err.reason(),
+                problem: err.to_string(),
+                kept: observed.secret.is_some(),
+            }),
+            error: err.into(),
+        }),
+    }
+}
+
+/// Ask the control plane for a value; one that would expire within [`MIN_REFRESH`] is refused
+/// (a skewed clock there must not cause a hot loop here).
+async fn issue(
+    client: &ControlPlaneClient,
+    request: Request,
+    now: Timestamp,
+) -> std::result::Result<Issued, ControlPlaneError> {
+    let value = match request {
+        Request::Token { audience, ttl } => {
+            let token = client.issue_token(&audience, ttl).await?;
+            token_data(&token.token, token.expires_at)
+        }
+        Request::Registry { server } => {
+            let creds = client.issue_registry_credentials(&server).await?;
+            registry_data(
+                &creds.server,
+                &creds.username,
+                &creds.password,
+                creds.expires_at,
+            )
+        }
+    };
+    if now
+        .checked_add(MIN_REFRESH)
+        .is_ok_and(|floor| value.expires_at < floor)
+    {
+        return Err(ControlPlaneError::Protocol {
+            operation: "issue",
+            detail: format!(
+                "the issued value expires at {}, less than {}s from now ({now}); check the control plane's clock",
+                value.expires_at,
+                MIN_REFRESH.as_secs()
+            ),
+        });
+    }
+    Ok(value)
+}
+
+/// Write the Secret if it differs from the plan; count a rotation and publish the change.
+/// Returns the Secret as stored.
+async fn apply(
+    ctx: &Context,
+    kind: &dyn CredentialKind,
+    credential: &Credential,
+    current: Option<Secret>,
+    plan: &Plan,
+) -> Result<Option<Secret>> {
+    let name = credential.secret_name();
+    let desired = secret::desired_secret(kind, credential, plan);
+    let mut stored = current;
+    if secret::differs(kind, stored.as_ref(), &desired) {
+        match write_secret(ctx, kind, stored.as_ref(), desired).await {
             Ok(written) => stored = Some(written),
             Err(err) => {
-                let err = report_forbidden(&ctx, &credential, err, now).await;
-                if plan.change.is_some_and(Change::is_rotation) {
+                if plan.change.is_some_and(|c| c.is_rotation()) {
                     ctx.publish(
-                        credential.as_ref(),
+                        credential,
                         EventType::Warning,
                         "RotationFailed",
                         "Rotate",
@@ -140,212 +296,17 @@ async fn reconcile_inner(credential: Arc<Credential>, ctx: Arc<Context>) -> Resu
                 })
                 .inc();
         }
-        let (reason, type_) = match change {
-            Change::Created => ("Created", EventType::Normal),
-            Change::Adopted => ("Adopted", EventType::Normal),
-            Change::Repaired => ("Repaired", EventType::Warning),
-            _ => ("Rotated", EventType::Normal),
-        };
         let key = plan.journal.key_id.clone().unwrap_or_default();
         ctx.publish(
-            credential.as_ref(),
-            type_,
-            reason,
+            credential,
+            change.event_type(),
+            change.reason(),
             "Rotate",
             format!("Secret {name} {} (key id {key})", change.describe()),
         )
         .await;
     }
-
-    let restart_condition = restart_if_owed(&ctx, &credential, &mut plan, stored.as_ref()).await?;
-
-    let mut conds = vec![
-        DesiredCondition::new(
-            condition::READY,
-            ConditionStatus::True,
-            "Ready",
-            format!(
-                "Secret {name} holds the current value (key id {})",
-                plan.journal.key_id.clone().unwrap_or_default()
-            ),
-        ),
-        DesiredCondition::new(
-            condition::CONFLICT,
-            ConditionStatus::False,
-            "Managed",
-            format!("Secret {name} is managed by Bulkhead"),
-        ),
-        restart_condition,
-    ];
-    if let Some(change) = plan.change {
-        let at = plan
-            .journal
-            .rotated_at
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let reason = match change {
-            Change::Created => "Created",
-            Change::Adopted => "Adopted",
-            Change::Repaired => "Repaired",
-            _ => "Rotated",
-        };
-        conds.push(DesiredCondition::new(
-            condition::ROTATED,
-            ConditionStatus::True,
-            reason,
-            format!("{} at {at}", change.describe()),
-        ));
-    }
-    report(&ctx, &credential, conds, Some(&plan), now).await?;
-    if let Some(next) = plan.next_rotation {
-        ctx.metrics
-            .next_rotation
-            .get_or_create(&CredentialLabels {
-                credential: credential.name_any(),
-            })
-            .set(next.as_millisecond() as f64 / 1000.0);
-    }
-    Ok(Action::requeue(requeue_after(
-        plan.next_rotation,
-        now,
-        recheck,
-    )))
-}
-
-/// The plan of an issued Credential: keep the value, or ask the control plane for a new one.
-/// `Ok(Err(_))` is a refusal (conflict, not linked); `Err` is a failed control-plane call.
-async fn plan_issued(
-    ctx: &Context,
-    credential: &Credential,
-    current: Option<&Secret>,
-    now: Timestamp,
-) -> std::result::Result<std::result::Result<Plan, Refusal>, ControlPlaneError> {
-    let (request, change) = match issued::decide(credential, current, now) {
-        Err(refusal) => return Ok(Err(refusal)),
-        Ok(Decision::Keep(plan)) => return Ok(Ok(*plan)),
-        Ok(Decision::Issue { request, change }) => (request, change),
-    };
-    // The link belongs to the Tenant: once it is deleted (or drops spec.controlPlane), nothing
-    // more is issued through a client it left behind.
-    let tenant = ctx
-        .tenants
-        .get(&ObjectRef::new(TENANT_NAME).within(&ctx.namespace));
-    let linked_tenant = tenant.is_some_and(|t| t.spec.control_plane.is_some());
-    let client = ctx.link.current().filter(|_| linked_tenant);
-    let Some(client) = client else {
-        return Ok(Err(Refusal::NeedsControlPlane(credential.spec.type_)));
-    };
-    let value = match request {
-        issued::Request::Token { audience, ttl } => {
-            let token = client.issue_token(&audience, ttl).await?;
-            issued::token_data(&token.token, token.expires_at)
-        }
-        issued::Request::Registry { server } => {
-            let creds = client.issue_registry_credentials(&server).await?;
-            issued::registry_data(
-                &creds.server,
-                &creds.username,
-                &creds.password,
-                creds.expires_at,
-            )
-        }
-    };
-    if now
-        .checked_add(issued::MIN_REFRESH)
-        .is_ok_and(|floor| value.expires_at < floor)
-    {
-        return Err(ControlPlaneError::Protocol {
-            operation: "issue",
-            detail: format!(
-                "the issued value expires at {}, less than {}s from now ({now}); check the control plane's clock",
-                value.expires_at,
-                issued::MIN_REFRESH.as_secs()
-            ),
-        });
-    }
-    Ok(issued::plan_issued(credential, current, change, value, now))
-}
-
-/// Conditions for a plan that cannot be carried out; a CSPRNG failure is an error to retry.
-fn refusal_conditions(
-    refusal: Refusal,
-    recheck: Duration,
-) -> Result<(Vec<DesiredCondition>, Action)> {
-    Ok(match refusal {
-        Refusal::Conflict(msg) => (
-            vec![
-                DesiredCondition::new(
-                    condition::READY,
-                    ConditionStatus::False,
-                    "Conflict",
-                    msg.clone(),
-                ),
-                DesiredCondition::new(
-                    condition::CONFLICT,
-                    ConditionStatus::True,
-                    "SecretNotManaged",
-                    msg.clone(),
-                ),
-            ],
-            // Re-check now and then: the foreign Secret may be removed. Never a hot loop.
-            Action::requeue(recheck),
-        ),
-        Refusal::InvalidSpec(msg) => (
-            vec![DesiredCondition::new(
-                condition::READY,
-                ConditionStatus::False,
-                "InvalidSpec",
-                msg.clone(),
-            )],
-            Action::await_change(),
-        ),
-        Refusal::NeedsControlPlane(t) => (
-            vec![DesiredCondition::new(
-                condition::READY,
-                ConditionStatus::False,
-                "ControlPlaneNotLinked",
-                format!(
-                    "type {} is issued by the control plane, and the Tenant is not linked to it; see the Tenant's conditions (kubectl get tenant tenant -o yaml)",
-                    t.as_str()
-                ),
-            )],
-            // The link coming up triggers a reconcile; this requeue is only a safety net.
-            Action::requeue(NOT_LINKED_RETRY),
-        ),
-        Refusal::Entropy(source) => {
-            return Err(Error::Entropy {
-                doing: "generating a Secret value".to_owned(),
-                source,
-            });
-        }
-    })
-}
-
-/// A 403 on a Secret call becomes the Ready condition naming the missing rule and how to
-/// grant it (SPEC §5); the error is returned for the backoff either way.
-async fn report_forbidden(
-    ctx: &Context,
-    credential: &Credential,
-    err: Error,
-    now: Timestamp,
-) -> Error {
-    if let Error::Forbidden {
-        action, rule, fix, ..
-    } = &err
-    {
-        let conds = vec![DesiredCondition::new(
-            condition::READY,
-            ConditionStatus::False,
-            "Forbidden",
-            format!(
-                "the Role does not allow {action}: it needs the rule {rule}; grant it with {fix}"
-            ),
-        )];
-        if let Err(status_err) = report(ctx, credential, conds, None, now).await {
-            tracing::warn!(error = %status_err, "could not report the missing permission");
-        }
-    }
-    err
+    Ok(stored)
 }
 
 /// Create the Secret (POST: fails if someone created one meanwhile, so a foreign Secret is
@@ -355,105 +316,85 @@ async fn report_forbidden(
 /// writing is really gone.
 async fn write_secret(
     ctx: &Context,
-    type_: CredentialType,
+    kind: &dyn CredentialKind,
     current: Option<&Secret>,
     desired: Secret,
 ) -> Result<Secret> {
     let name = desired.name_any();
-    let forbidden = |e| {
-        forbidden_as(
-            e,
-            format!("write secrets/{name}"),
-            SECRETS_RULE,
-            SECRETS_FIX,
-        )
-    };
-    let written = apply_secret(ctx, current, desired.clone())
-        .await
-        .map_err(forbidden)?;
-    match secret::removal_patch(type_, &written, &desired) {
-        None => Ok(written),
-        Some(patch) => ctx
-            .api::<Secret>()
-            .patch(
-                &name,
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.to_owned()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(forbidden),
-    }
-}
-
-async fn apply_secret(
-    ctx: &Context,
-    current: Option<&Secret>,
-    mut desired: Secret,
-) -> kube::Result<Secret> {
-    let name = desired.name_any();
+    let ns = &ctx.namespace;
     let api = ctx.api::<Secret>();
-    match current {
+    let written = match current {
         None => {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..PostParams::default()
             };
-            api.create(&params, &desired).await
+            api.create(&params, &desired).await.doing_as(
+                format!("create secrets/{name} in {ns}"),
+                SECRETS_RULE,
+                SECRETS_FIX,
+            )?
         }
         Some(current) => {
-            desired.metadata.resource_version = current.resource_version();
+            let mut guarded = desired.clone();
+            guarded.metadata.resource_version = current.resource_version();
             // Forcing takes only the fields in this apply: the keys, labels and annotations
             // Bulkhead owns; any other key in the Secret stays with its manager.
             api.patch(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
+                &Patch::Apply(&guarded),
             )
             .await
+            .doing_as(
+                format!("apply secrets/{name} in {ns}"),
+                SECRETS_RULE,
+                SECRETS_FIX,
+            )?
+        }
+    };
+    match secret::removal_patch(kind, &written, &desired) {
+        None => Ok(written),
+        Some(patch) => {
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            api.patch(&name, &params, &Patch::Merge(&patch))
+                .await
+                .doing_as(
+                    format!("patch secrets/{name} in {ns} (remove what Bulkhead stopped writing)"),
+                    SECRETS_RULE,
+                    SECRETS_FIX,
+                )
         }
     }
 }
 
 /// Restart the targets if a rotation has not been followed by one yet (journalled in the
-/// Secret, so a crash in between still restarts). Returns the RestartNotPermitted condition.
+/// Secret, so a crash in between still restarts).
 async fn restart_if_owed(
     ctx: &Context,
+    kind: &dyn CredentialKind,
     credential: &Credential,
     plan: &mut Plan,
     stored: Option<&Secret>,
-) -> Result<DesiredCondition> {
+) -> Result<Restart> {
     let targets = &credential.spec.restart_on_rotation;
-    let permitted = |msg: &str| {
-        DesiredCondition::new(
-            condition::RESTART_NOT_PERMITTED,
-            ConditionStatus::False,
-            "Permitted",
-            msg.to_owned(),
-        )
-    };
     if targets.is_empty() {
-        return Ok(permitted("no restartOnRotation targets"));
+        return Ok(Restart::NoTargets);
     }
-    let key = plan.journal.key_id.clone().unwrap_or_default();
-    if plan.journal.restarted_for.as_deref() == Some(key.as_str()) {
+    if !plan.journal.restart_owed() {
         // Nothing to restart now; a target the Role does not list is reported from the first
         // reconcile, not only after the first rotation.
         let not_permitted = restart::not_permitted(ctx, targets);
-        return Ok(if not_permitted.is_empty() {
-            permitted("every target runs with the current value")
-        } else {
-            DesiredCondition::new(
-                condition::RESTART_NOT_PERMITTED,
-                ConditionStatus::True,
-                "Forbidden",
-                restart::forbidden_message(&not_permitted),
-            )
+        return Ok(match not_permitted.is_empty() {
+            true => Restart::Current,
+            false => Restart::Forbidden(not_permitted),
         });
     }
-    let outcome: RestartOutcome = restart::restart_targets(ctx, targets, &key).await;
+    let key = plan.journal.key_id.clone().unwrap_or_default();
+    let outcome = restart::restart_targets(ctx, targets, &key).await;
     for missing in &outcome.missing {
         ctx.publish(
             credential,
@@ -468,40 +409,151 @@ async fn restart_if_owed(
         .await;
     }
     if outcome.settled() {
-        plan.journal.restarted_for = Some(key);
-        let desired = secret::desired_secret(credential, plan);
-        write_secret(ctx, credential.spec.type_, stored, desired).await?;
+        plan.journal.restarted();
+        let desired = secret::desired_secret(kind, credential, plan);
+        write_secret(ctx, kind, stored, desired).await?;
     }
-    if outcome.forbidden.is_empty() {
-        if let Some((target, err)) = outcome.failed.into_iter().next() {
-            return Err(Error::Restart {
-                target: format!("{:?}/{}", target.kind, target.name),
-                source: Box::new(err),
-            });
-        }
-        Ok(permitted("every target was restarted"))
-    } else {
-        Ok(DesiredCondition::new(
-            condition::RESTART_NOT_PERMITTED,
-            ConditionStatus::True,
-            "Forbidden",
-            restart::forbidden_message(&outcome.forbidden),
-        ))
+    if !outcome.forbidden.is_empty() {
+        return Ok(Restart::Forbidden(outcome.forbidden));
+    }
+    match outcome.failed.into_iter().next() {
+        Some((target, err)) => Err(Error::Restart {
+            target: format!("{:?}/{}", target.kind, target.name),
+            source: Box::new(err),
+        }),
+        None => Ok(Restart::Restarted),
     }
 }
 
-/// The status a plan (or a refusal) implies, merged with the current conditions.
+/// The conditions an outcome implies (pure).
+pub fn desired_conditions(credential: &Credential, outcome: &Outcome) -> Vec<DesiredCondition> {
+    let name = credential.secret_name();
+    let not_ready = |reason: &str, message: String| {
+        vec![DesiredCondition::new(
+            condition::READY,
+            ConditionStatus::False,
+            reason,
+            message,
+        )]
+    };
+    let (plan, restart) = match outcome {
+        Outcome::Current { plan, restart } => (plan, restart),
+        Outcome::Refused(Refusal::Conflict(msg)) => {
+            let mut conds = not_ready("Conflict", msg.clone());
+            conds.push(DesiredCondition::new(
+                condition::CONFLICT,
+                ConditionStatus::True,
+                "SecretNotManaged",
+                msg.clone(),
+            ));
+            return conds;
+        }
+        Outcome::Refused(Refusal::InvalidSpec(msg)) => {
+            return not_ready("InvalidSpec", msg.clone());
+        }
+        Outcome::Refused(Refusal::NeedsControlPlane(t)) => {
+            return not_ready(
+                "ControlPlaneNotLinked",
+                format!(
+                    "type {} is issued by the control plane, and the Tenant is not linked to it; see the Tenant's conditions (kubectl get tenant tenant -o yaml)",
+                    t.as_str()
+                ),
+            );
+        }
+        Outcome::Refused(Refusal::Entropy(err)) => {
+            return not_ready(
+                "EntropyUnavailable",
+                format!("the operating system's random number generator failed: {err}"),
+            );
+        }
+        Outcome::Forbidden { action, rule, fix } => {
+            return not_ready(
+                "Forbidden",
+                format!(
+                    "the Role does not allow {action}: it needs the rule {rule}; grant it with {fix}"
+                ),
+            );
+        }
+        Outcome::NotIssued {
+            reason,
+            problem,
+            kept,
+        } => {
+            // The current value (if any) stays in the Secret; only the refresh failed.
+            return not_ready(
+                reason,
+                match kept {
+                    true => format!(
+                        "the control plane did not issue a new value: {problem}; Secret {name} keeps the current one until it expires"
+                    ),
+                    false => format!("the control plane did not issue a value: {problem}"),
+                },
+            );
+        }
+    };
+    let key = plan.journal.key_id.clone().unwrap_or_default();
+    let permitted = |message: &str| {
+        DesiredCondition::new(
+            condition::RESTART_NOT_PERMITTED,
+            ConditionStatus::False,
+            "Permitted",
+            message,
+        )
+    };
+    let mut conds = vec![
+        DesiredCondition::new(
+            condition::READY,
+            ConditionStatus::True,
+            "Ready",
+            format!("Secret {name} holds the current value (key id {key})"),
+        ),
+        DesiredCondition::new(
+            condition::CONFLICT,
+            ConditionStatus::False,
+            "Managed",
+            format!("Secret {name} is managed by Bulkhead"),
+        ),
+        match restart {
+            Restart::NoTargets => permitted("no restartOnRotation targets"),
+            Restart::Current => permitted("every target runs with the current value"),
+            Restart::Restarted => permitted("every target was restarted"),
+            Restart::Forbidden(targets) => DesiredCondition::new(
+                condition::RESTART_NOT_PERMITTED,
+                ConditionStatus::True,
+                "Forbidden",
+                restart::forbidden_message(targets),
+            ),
+        },
+    ];
+    if let Some(change) = plan.change {
+        let at = plan
+            .journal
+            .rotated_at
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        conds.push(DesiredCondition::new(
+            condition::ROTATED,
+            ConditionStatus::True,
+            change.reason(),
+            format!("{} at {at}", change.describe()),
+        ));
+    }
+    conds
+}
+
+/// The status an outcome implies, merged with the current conditions; the transitions for
+/// Events. Only a current Secret moves the rotation fields; any other outcome keeps them.
 pub fn desired_status(
     credential: &Credential,
-    conds: &[DesiredCondition],
-    plan: Option<&Plan>,
+    outcome: &Outcome,
     now: Timestamp,
 ) -> (CredentialStatus, Vec<Transition>) {
     let current = credential.status.clone().unwrap_or_default();
     let generation = credential.metadata.generation;
-    let (conditions, transitions) = conditions::merge(&current.conditions, conds, generation, now);
-    let status = match plan {
-        Some(plan) => CredentialStatus {
+    let conds = desired_conditions(credential, outcome);
+    let (conditions, transitions) = conditions::merge(&current.conditions, &conds, generation, now);
+    let status = match outcome {
+        Outcome::Current { plan, .. } => CredentialStatus {
             observed_generation: generation,
             conditions,
             secret_name: Some(credential.secret_name()),
@@ -509,7 +561,7 @@ pub fn desired_status(
             next_rotation_time: plan.next_rotation.map(|t| t.to_string()),
             key_id: plan.journal.key_id.clone(),
         },
-        None => CredentialStatus {
+        _ => CredentialStatus {
             observed_generation: generation,
             conditions,
             secret_name: Some(credential.secret_name()),
@@ -519,23 +571,47 @@ pub fn desired_status(
     (status, transitions)
 }
 
+/// When to look again after an outcome that was not an error.
+fn next_action(outcome: &Outcome, now: Timestamp, recheck: Duration) -> Result<Action> {
+    Ok(match outcome {
+        Outcome::Current { plan, .. } => {
+            Action::requeue(requeue_after(plan.next_rotation, now, recheck))
+        }
+        // Waits for the user to change the spec.
+        Outcome::Refused(Refusal::InvalidSpec(_)) => Action::await_change(),
+        // The link coming up triggers a reconcile; this requeue is only a safety net.
+        Outcome::Refused(Refusal::NeedsControlPlane(_)) => Action::requeue(NOT_LINKED_RETRY),
+        Outcome::Refused(Refusal::Entropy(source)) => {
+            return Err(Error::Entropy {
+                doing: "generating a Secret value".to_owned(),
+                source: *source,
+            });
+        }
+        // Re-check now and then: the foreign Secret may be removed. Never a hot loop.
+        Outcome::Refused(Refusal::Conflict(_))
+        | Outcome::Forbidden { .. }
+        | Outcome::NotIssued { .. } => Action::requeue(recheck),
+    })
+}
+
+/// The one place a Credential's status is written: only when it changed (a steady state
+/// writes nothing); an Event per actionable transition; the readiness and next-rotation
+/// metrics.
 async fn report(
     ctx: &Context,
     credential: &Credential,
-    conds: Vec<DesiredCondition>,
-    plan: Option<&Plan>,
+    outcome: &Outcome,
     now: Timestamp,
 ) -> Result<()> {
-    let (status, transitions) = desired_status(credential, &conds, plan, now);
+    let (status, transitions) = desired_status(credential, outcome, now);
+    let labels = CredentialLabels {
+        credential: credential.name_any(),
+    };
     // For the chart's CredentialNotReady alert: the readiness this status reports.
-    let ready = conds
-        .iter()
-        .any(|c| c.type_ == condition::READY && c.status == ConditionStatus::True);
+    let ready = matches!(outcome, Outcome::Current { .. });
     ctx.metrics
         .credential_ready
-        .get_or_create(&CredentialLabels {
-            credential: credential.name_any(),
-        })
+        .get_or_create(&labels)
         .set(i64::from(ready));
     if credential.status.as_ref() != Some(&status) {
         let patch = json!({
@@ -550,14 +626,15 @@ async fn report(
                 &Patch::Apply(&patch),
             )
             .await
-            .map_err(|e| {
-                forbidden_as(
-                    e,
-                    format!("patch credentials/{}/status", credential.name_any()),
-                    "credentials/status: patch",
-                    SECRETS_FIX,
-                )
-            })?;
+            .doing_as(
+                format!(
+                    "patch credentials/{}/status in {}",
+                    credential.name_any(),
+                    ctx.namespace
+                ),
+                "credentials/status: patch",
+                SECRETS_FIX,
+            )?;
     }
     // Rotations have their own Events; transitions of Conflict and RestartNotPermitted are
     // the ones a user acts on.
@@ -573,12 +650,29 @@ async fn report(
         &[condition::CONFLICT, condition::RESTART_NOT_PERMITTED],
     )
     .await;
+    if let Outcome::Current {
+        plan: Plan {
+            next_rotation: Some(next),
+            ..
+        },
+        ..
+    } = outcome
+    {
+        ctx.metrics
+            .next_rotation
+            .get_or_create(&labels)
+            .set(next.as_millisecond() as f64 / 1000.0);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ConditionSet;
+    use crate::api::credential::{CredentialType, RestartKind};
+    use crate::resources::journal::Journal;
+    use crate::resources::plan::Change;
 
     #[test]
     fn sleeps_until_the_next_rotation_capped_by_the_recheck() {
@@ -597,5 +691,215 @@ mod tests {
             Duration::from_millis(50)
         );
         assert_eq!(requeue_after(None, now, recheck), recheck);
+    }
+
+    fn db() -> Credential {
+        let mut c = crate::api::credential("db")
+            .secret_name("db-password")
+            .every("24h")
+            .restart(RestartKind::Deployment, "api")
+            .build();
+        c.metadata.generation = Some(3);
+        c
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    fn current(change: Option<Change>, restart: Restart) -> Outcome {
+        Outcome::Current {
+            plan: Plan {
+                data: Default::default(),
+                journal: Journal {
+                    rotated_at: Some(at(0)),
+                    key_id: Some("k1".into()),
+                    ..Journal::default()
+                },
+                change,
+                next_rotation: Some(at(86_400)),
+            },
+            restart,
+        }
+    }
+
+    /// (type, status, reason, message) of each desired condition.
+    fn conditions(outcome: &Outcome) -> Vec<(&'static str, &'static str, String, String)> {
+        desired_conditions(&db(), outcome)
+            .into_iter()
+            .map(|c| (c.type_, c.status.as_str(), c.reason, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_current_secret_is_ready_managed_and_says_where_the_targets_stand() {
+        let conds = conditions(&current(None, Restart::Current));
+        let types: Vec<_> = conds.iter().map(|c| (c.0, c.1, c.2.as_str())).collect();
+        assert_eq!(
+            types,
+            [
+                ("Ready", "True", "Ready"),
+                ("Conflict", "False", "Managed"),
+                ("RestartNotPermitted", "False", "Permitted"),
+            ],
+            "no change: no Rotated condition is asserted anew"
+        );
+        assert!(conds[0].3.contains("db-password") && conds[0].3.contains("k1"));
+        let forbidden = Restart::Forbidden(vec![RestartTarget {
+            kind: RestartKind::Deployment,
+            name: "api".into(),
+        }]);
+        let conds = conditions(&current(None, forbidden));
+        assert_eq!((conds[2].1, conds[2].2.as_str()), ("True", "Forbidden"));
+        assert!(conds[2].3.contains("rbac.restartTargets"), "{}", conds[2].3);
+        assert!(
+            conditions(&current(None, Restart::NoTargets))[2]
+                .3
+                .contains("no restartOnRotation")
+        );
+    }
+
+    #[test]
+    fn each_change_has_one_reason_in_the_rotated_condition_and_the_event() {
+        for (change, reason) in [
+            (Change::Created, "Created"),
+            (Change::Adopted, "Adopted"),
+            (Change::Repaired, "Repaired"),
+            (Change::Scheduled, "Rotated"),
+            (Change::Requested, "Rotated"),
+            (Change::SpecChanged, "Rotated"),
+        ] {
+            assert_eq!(change.reason(), reason);
+            let conds = conditions(&current(Some(change), Restart::Restarted));
+            let rotated = conds.iter().find(|c| c.0 == "Rotated").unwrap();
+            assert_eq!((rotated.1, rotated.2.as_str()), ("True", reason));
+            assert!(rotated.3.contains(change.describe()), "{}", rotated.3);
+        }
+        assert_eq!(Change::Repaired.event_type(), EventType::Warning);
+        assert_eq!(Change::Scheduled.event_type(), EventType::Normal);
+    }
+
+    #[test]
+    fn a_refusal_is_not_ready_with_a_reason_a_user_can_act_on() {
+        let conflict = conditions(&Outcome::Refused(Refusal::Conflict("taken".into())));
+        let summary: Vec<_> = conflict.iter().map(|c| (c.0, c.1, c.2.as_str())).collect();
+        assert_eq!(
+            summary,
+            [
+                ("Ready", "False", "Conflict"),
+                ("Conflict", "True", "SecretNotManaged"),
+            ]
+        );
+        for (refusal, reason, says) in [
+            (
+                Refusal::InvalidSpec("spec.x".into()),
+                "InvalidSpec",
+                "spec.x",
+            ),
+            (
+                Refusal::NeedsControlPlane(CredentialType::ControlPlaneToken),
+                "ControlPlaneNotLinked",
+                "kubectl get tenant",
+            ),
+            (
+                Refusal::Entropy(getrandom::Error::UNSUPPORTED),
+                "EntropyUnavailable",
+                "random number generator failed",
+            ),
+        ] {
+            let conds = conditions(&Outcome::Refused(refusal));
+            assert_eq!(conds.len(), 1);
+            assert_eq!(
+                (conds[0].0, conds[0].1, conds[0].2.as_str()),
+                ("Ready", "False", reason)
+            );
+            assert!(conds[0].3.contains(says), "{}", conds[0].3);
+        }
+    }
+
+    #[test]
+    fn failed_calls_name_the_missing_rule_or_what_the_secret_keeps() {
+        let forbidden = conditions(&Outcome::Forbidden {
+            action: "get secrets/db-password".into(),
+            rule: "secrets: get, create, patch".into(),
+            fix: "helm upgrade".into(),
+        });
+        assert_eq!(forbidden[0].2, "Forbidden");
+        assert!(
+            forbidden[0].3.contains("secrets: get, create, patch")
+                && forbidden[0].3.contains("helm upgrade")
+        );
+        let issued = |kept| {
+            conditions(&Outcome::NotIssued {
+                reason: "Unavailable",
+                problem: "503".into(),
+                kept,
+            })
+            .remove(0)
+        };
+        let (_, status, reason, message) = issued(true);
+        assert_eq!((status, reason.as_str()), ("False", "Unavailable"));
+        assert!(message.contains("keeps the current one"), "{message}");
+        assert!(!issued(false).3.contains("keeps"));
+    }
+
+    #[test]
+    fn only_a_current_secret_moves_the_rotation_fields_and_a_steady_state_is_identical() {
+        let mut c = db();
+        let (status, transitions) =
+            desired_status(&c, &current(Some(Change::Created), Restart::Current), at(0));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.key_id.as_deref(), Some("k1"));
+        assert_eq!(status.last_rotation_time, Some(at(0).to_string()));
+        assert_eq!(status.next_rotation_time, Some(at(86_400).to_string()));
+        assert_eq!(transitions.len(), 4, "{transitions:?}");
+        c.status = Some(status.clone());
+        // Nothing changed an hour later: the same status, no transition, so no write.
+        let (again, transitions) = desired_status(
+            &c,
+            &current(Some(Change::Created), Restart::Current),
+            at(3600),
+        );
+        assert_eq!(again, status);
+        assert!(transitions.is_empty());
+        // A refusal keeps what the last rotation recorded.
+        let (refused, _) = desired_status(
+            &c,
+            &Outcome::Refused(Refusal::InvalidSpec("spec.random.length".into())),
+            at(7200),
+        );
+        assert_eq!(refused.key_id.as_deref(), Some("k1"));
+        assert_eq!(refused.next_rotation_time, status.next_rotation_time);
+        assert!(!refused.conditions.is_true("Ready"));
+    }
+
+    #[test]
+    fn each_outcome_requeues_as_it_should() {
+        let recheck = Duration::from_secs(600);
+        let now = at(86_000);
+        assert_eq!(
+            next_action(&current(None, Restart::Current), now, recheck).unwrap(),
+            Action::requeue(Duration::from_millis(400_050))
+        );
+        let refused = |r| next_action(&Outcome::Refused(r), now, recheck);
+        assert_eq!(
+            refused(Refusal::Conflict(String::new())).unwrap(),
+            Action::requeue(recheck)
+        );
+        assert_eq!(
+            refused(Refusal::InvalidSpec(String::new())).unwrap(),
+            Action::await_change()
+        );
+        assert_eq!(
+            refused(Refusal::NeedsControlPlane(
+                CredentialType::RegistryCredentials
+            ))
+            .unwrap(),
+            Action::requeue(NOT_LINKED_RETRY)
+        );
+        assert!(matches!(
+            refused(Refusal::Entropy(getrandom::Error::UNSUPPORTED)),
+            Err(Error::Entropy { .. })
+        ));
     }
 }

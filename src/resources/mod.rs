@@ -1,11 +1,16 @@
-//! Pure builders: a validated Credential (and what the Secret already holds) in, the Secret to
-//! apply out. No API client here, so every decision is testable with a fixture.
+//! Pure, type-agnostic building blocks of a Credential's Secret: the rotation journal, the
+//! plan vocabulary and the interface every type implements (`plan`), the Secret's shape and the
+//! rules every type shares (`secret`), rotation time math, key material. No API client here,
+//! so every decision is testable with a fixture. The types themselves are `crate::credentials`.
 
-pub mod issued;
+pub mod entropy;
+pub mod journal;
 pub mod keyset;
-pub mod random;
+pub mod plan;
 pub mod schedule;
 pub mod secret;
+#[cfg(test)]
+pub mod testing;
 
 /// `app.kubernetes.io/managed-by` on every Secret Bulkhead manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

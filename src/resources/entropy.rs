@@ -1,4 +1,4 @@
-//! Key material from the operating system's CSPRNG.
+//! Key material from the operating system's CSPRNG (the `Entropy` every generated type draws from).
 //!
 //! Characters are drawn by rejection sampling, so every character of the alphabet is exactly
 //! equally likely (no modulo bias).
