@@ -76,3 +76,4 @@ def sc(v):
 for v in edges:
     if v not in idx: sc(v)
 print('cycles:', out or 'none')
+sys.exit(1 if out else 0)

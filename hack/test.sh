@@ -8,6 +8,7 @@
 #      scenarios against the in-process API double, chart tests with the real helm binary, and
 #      the e2e suite against the real kube-apiserver
 #   4. hack/verify-chart.sh: lint, kubernetes-validate --strict, checkov
+#   5. hack/module-cycles.py: no module of src/ imports a module that imports it
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -29,3 +30,5 @@ cargo build --locked --bin bulkhead --example dev-control-plane
 echo "test: cargo test --locked --all-targets (builds first: several minutes on a fresh machine)"
 cargo test --locked --all-targets
 hack/verify-chart.sh
+echo "test: hack/module-cycles.py (no module of src/ imports a module that imports it)"
+python3 hack/module-cycles.py

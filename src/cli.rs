@@ -309,6 +309,17 @@ pub fn crd_bundle() -> Result<String> {
     Ok(out)
 }
 
+/// Parse the process arguments, named as [`crate::day2::display_name`] says (`kubectl bulkhead`
+/// when started as the kubectl plugin).
+pub fn parse_cli() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let argv0 = std::env::args_os().next();
+    let matches = Cli::command()
+        .bin_name(crate::day2::display_name(argv0.as_deref()))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 async fn shutdown_signal(token: CancellationToken) {
     #[cfg(unix)]
     {
@@ -465,6 +476,18 @@ pub async fn execute(cli: Cli) -> i32 {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn the_plugin_name_parses_the_same_subcommands_and_names_itself_in_usage() {
+        let err = Cli::command()
+            .bin_name("kubectl bulkhead")
+            .try_get_matches_from(["kubectl-bulkhead", "rotate"])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("kubectl bulkhead rotate"), "{err}");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -53,16 +53,6 @@ pub fn display_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
     }
 }
 
-/// Parse the process arguments, named as [`display_name`] says.
-pub fn parse_cli() -> crate::cli::Cli {
-    use clap::{CommandFactory as _, FromArgMatches as _};
-    let argv0 = std::env::args_os().next();
-    let matches = crate::cli::Cli::command()
-        .bin_name(display_name(argv0.as_deref()))
-        .get_matches();
-    crate::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
 /// A client from the user's kubeconfig (`KUBECONFIG`, `~/.kube/config`, or in-cluster) and the
 /// namespace to use: `-n`, else the context's.
 async fn user_client(namespace: Option<String>) -> Result<(Client, String)> {
@@ -578,14 +568,6 @@ registry      RegistryCredentials   pull          False   ControlPlaneNotLinked 
             "bulkhead"
         );
         assert_eq!(display_name(None), "bulkhead");
-        // The plugin name parses the same subcommands and says `kubectl bulkhead` in usage.
-        use clap::CommandFactory as _;
-        let err = crate::cli::Cli::command()
-            .bin_name("kubectl bulkhead")
-            .try_get_matches_from(["kubectl-bulkhead", "rotate"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("kubectl bulkhead rotate"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod controlplane;
 pub mod credentials;
 pub mod day2;
 pub mod error;
+pub mod fence;
 pub mod leader;
 pub mod operator;
 pub mod preflight;

@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() {
-    let cli = bulkhead::day2::parse_cli();
+    let cli = bulkhead::cli::parse_cli();
     let code = bulkhead::cli::execute(cli).await;
     std::process::exit(code);
 }

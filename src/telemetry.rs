@@ -118,7 +118,7 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
-    pub leader: crate::leader::LeaderGauge,
+    pub leader: crate::fence::LeaderGauge,
     pub preflight_ok: Gauge,
     pub missing_rights: Gauge,
     pub excess_rights: Gauge,
@@ -156,7 +156,7 @@ impl Default for Metrics {
             "Reconcile duration per controller",
             reconcile_duration.clone(),
         );
-        let leader = crate::leader::LeaderGauge::default();
+        let leader = crate::fence::LeaderGauge::default();
         registry.register(
             "leader",
             "1 while this instance holds the Lease and may write (checked at each scrape)",
