@@ -4,16 +4,14 @@
 //! bounded label for the `bulkhead_reconcile_errors_total` metric so error text never becomes a
 //! label value. A Kubernetes call says what it did with [`Doing::doing`] (or
 //! [`Doing::doing_as`] where the caller knows the Role rule that allows it, so a 403 becomes
-//! [`Error::Forbidden`] naming the rule and the fix).
+//! [`Error::Forbidden`] naming the rule and the fix). There is no `From<kube::Error>`: a bare `?` on
+//! a kube call does not compile, so no call site can forget to say what it did.
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Any underlying error kept as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// The action a `?` on a bare `kube::Error` reports, for call sites that do not yet say theirs.
-const UNNAMED_ACTION: &str = "Kubernetes API call";
 
 /// Everything that can go wrong while running Bulkhead.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +80,6 @@ pub enum Error {
 }
 
 /// For call sites that do not say what they did yet; prefer [`Doing::doing`].
-impl From<kube::Error> for Error {
-    fn from(err: kube::Error) -> Self {
-        Self::api(UNNAMED_ACTION, err)
-    }
-}
 
 impl Error {
     /// A failed Kubernetes call and what it was doing (`get Lease bulkhead/bulkhead`).
@@ -266,11 +259,14 @@ mod tests {
         };
         let text = describe_kube(&kube::Error::Api(Box::new(status)));
         assert_eq!(text, "HTTP 401 Unauthorized: Unauthorized");
-        let wrapped = Error::from(kube::Error::Api(Box::new(kube::core::Status {
-            code: 404,
-            message: "not found".into(),
-            ..kube::core::Status::default()
-        })));
+        let wrapped = Error::api(
+            "get Secret team-a/db",
+            kube::Error::Api(Box::new(kube::core::Status {
+                code: 404,
+                message: "not found".into(),
+                ..kube::core::Status::default()
+            })),
+        );
         let text = wrapped.to_string();
         assert!(
             !text.contains("Status {") && text.contains("HTTP 404 Not Found"),
@@ -314,13 +310,6 @@ mod tests {
         assert!(
             source_is::<Box<kube::Error>>(&err),
             "the kube error is the source"
-        );
-        // A bare `?` still works and says it was a Kubernetes call.
-        let bare = Error::from(api_status(409, "conflict"));
-        assert!(
-            bare.to_string()
-                .starts_with("Kubernetes API call failed: HTTP 409 Conflict"),
-            "{bare}"
         );
     }
 
