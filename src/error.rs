@@ -79,8 +79,6 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// For call sites that do not say what they did yet; prefer [`Doing::doing`].
-
 impl Error {
     /// A failed Kubernetes call and what it was doing (`get Lease bulkhead/bulkhead`).
     pub fn api(action: impl Into<String>, err: kube::Error) -> Self {

@@ -260,6 +260,16 @@ impl Metrics {
         out
     }
 
+    /// Drop a deleted Credential's series, so nothing (an alert, a dashboard) speaks of a
+    /// Credential that no longer exists.
+    pub fn forget_credential(&self, name: &str) {
+        let labels = CredentialLabels {
+            credential: name.to_owned(),
+        };
+        self.next_rotation.remove(&labels);
+        self.credential_ready.remove(&labels);
+    }
+
     /// Record one reconcile run.
     pub fn observe_reconcile(
         &self,

@@ -905,3 +905,47 @@ async fn an_undecodable_tenant_is_reported_and_credentials_still_reconcile() {
     );
     op.stop().await;
 }
+
+/// A deleted Credential leaves nothing behind that still speaks of it: the Tenant's counts drop
+/// at once (not at its next periodic reconcile), and its per-Credential series
+/// (`bulkhead_credential_ready`, `bulkhead_credential_next_rotation_timestamp_seconds`) are gone, so no
+/// alert fires for a Credential that no longer exists.
+#[tokio::test]
+async fn a_deleted_credential_leaves_the_counts_and_its_metric_series() {
+    let double = ApiDouble::new();
+    double.set_role(role(&options()));
+    double.insert(&tenant());
+    for name in ["keep", "gone"] {
+        double.insert(&credential(name).every("24h").build());
+    }
+    let op = start(&double, "a", options(), Settings::default());
+    eventually("both counted Ready", || {
+        (tenant_counts(&double) == Some((2, 2))).then_some(())
+    })
+    .await;
+    let series = |name: &str| {
+        op.metrics
+            .encode()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("credential=\"{name}\"")))
+            .count()
+    };
+    // The signal that the series exist before the deletion: both Credentials have theirs.
+    assert!(
+        series("gone") >= 2 && series("keep") >= 2,
+        "{}",
+        op.metrics.encode()
+    );
+
+    double.delete_json("bulkhead.dev", "credentials", NS, "gone");
+    eventually("the Tenant counts one Credential", || {
+        (tenant_counts(&double) == Some((1, 1))).then_some(())
+    })
+    .await;
+    eventually("the deleted Credential's series are gone", || {
+        (series("gone") == 0).then_some(())
+    })
+    .await;
+    assert!(series("keep") >= 2, "the other Credential keeps its series");
+    op.stop().await;
+}

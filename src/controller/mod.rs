@@ -263,12 +263,22 @@ pub async fn run(
     let credential_changes = writer
         .subscribe()
         .ok_or_else(|| Error::config("shared Credential store has no subscriber handle"))?;
+    // The store's subscribers see applied objects only: a deletion is told here, so the
+    // Tenant recounts at once and the deleted Credential's metric series go.
+    let (deleted_tx, deleted_rx) = tokio::sync::watch::channel(());
+    let forget = metrics.clone();
     // The one Credential watch of this instance: it fills the shared cache (whose subscriber
     // drives the Tenant's counts) and triggers the Credential controller.
     let credential_sift = Sift::new(reader.clone(), metrics.clone(), undecodable_tx.clone());
     let credential_triggers =
         guarded_watch::<Credential>(Api::namespaced(client.clone(), &namespace), credential_sift)
             .reflect_shared(writer)
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(credential) = event {
+                    forget.forget_credential(&credential.name_any());
+                    deleted_tx.send_replace(());
+                }
+            })
             .touched_objects()
             .predicate_filter(reconcile_trigger, PredicateConfig::default())
             .inspect_err(
@@ -354,7 +364,12 @@ pub async fn run(
 
     let tenant_ns = namespace.clone();
     let tenant_controller = tenant_base
-        .reconcile_all_on(credential_changes.map(|_| ()))
+        .reconcile_all_on(futures::stream::select(
+            credential_changes.map(|_| ()),
+            futures::stream::unfold(deleted_rx, |mut rx| async move {
+                rx.changed().await.ok().map(|()| ((), rx))
+            }),
+        ))
         // A new or rotated identity is used at once: the Tenant reconcile swaps the client.
         .watches_stream(identity_watch, move |_secret| {
             Some(ObjectRef::new(crate::api::TENANT_NAME).within(&tenant_ns))
