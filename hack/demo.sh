@@ -269,7 +269,9 @@ else
   if "${kctl[@]}" get namespace "$namespace" >/dev/null 2>&1; then
     die "namespace $namespace already exists in context $context: pick another with --namespace (the demo deletes its namespace on exit, so it never reuses one)"
   fi
-  if "${kctl[@]}" api-resources --api-group=bulkhead.dev -o name 2>/dev/null | grep -q '^credentials'; then
+  # One discovery document, not the whole discovery (`kubectl api-resources` fails as a whole
+  # when any other group does not answer in time, which read as "not served" under load).
+  if "${kctl[@]}" get --raw /apis/bulkhead.dev/v1alpha1 2>/dev/null | grep -q '"name":"credentials"'; then
     say "the Bulkhead CRDs are served in context $context (not touching them)"
   elif $install_crds; then
     say "--install-crds: kubectl --context $context apply --server-side -f crds-cluster/ (cluster-scoped: CRDs and two aggregated ClusterRoles; left in place on exit)"
