@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod credential;
+pub mod events;
 pub mod restart;
 pub mod tenant;
 
@@ -45,7 +46,8 @@ pub struct Context {
     pub client: Client,
     pub namespace: String,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Events to publish, off the reconcile's path (see [`events`]).
+    pub events: events::EventQueue,
     pub credentials: Store<Credential>,
     /// The Tenant controller's cache (issued Credentials need a linked Tenant).
     pub tenants: Store<Tenant>,
@@ -96,6 +98,7 @@ impl Default for Settings {
 }
 
 impl Context {
+    /// The context, and the Event publisher to run beside the controllers.
     pub fn new(
         client: Client,
         namespace: String,
@@ -103,13 +106,18 @@ impl Context {
         instance: String,
         stores: Stores,
         settings: Settings,
-    ) -> Self {
+    ) -> (Self, events::EventPublisher) {
         let reporter = Reporter {
             controller: EVENT_CONTROLLER.to_owned(),
             instance: Some(instance),
         };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
+        let (events, publisher) = events::queue(
+            Recorder::new(client.clone(), reporter),
+            events::EVENT_QUEUE_CAPACITY,
+            metrics.events_dropped.clone(),
+        );
+        let ctx = Self {
+            events,
             client,
             namespace,
             credentials: stores.credentials,
@@ -123,7 +131,8 @@ impl Context {
             identity: stores.identity,
             tenant_writes: tenant::WriteGate::default(),
             settings,
-        }
+        };
+        (ctx, publisher)
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -133,7 +142,8 @@ impl Context {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Publish an Event about an object; failures are logged, never fatal (Events are advisory).
+    /// Publish an Event about an object: queued for the background publisher, never awaited
+    /// here; failures and drops are logged and counted, never fatal (Events are advisory).
     pub async fn publish<K>(
         &self,
         object: &K,
@@ -165,9 +175,7 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, regarding).await {
-            tracing::warn!(error = %err, reason, "cannot publish Event");
-        }
+        self.events.send(event, regarding.clone());
     }
 
     /// One Event per condition transition. `Ready` going False and problems going True are
@@ -306,7 +314,7 @@ pub async fn run(
         })
     });
     let tenant_base = Controller::for_stream(tenant_triggers, tenant_reader.clone());
-    let ctx = Arc::new(Context::new(
+    let (ctx, event_publisher) = Context::new(
         client.clone(),
         namespace.clone(),
         metrics,
@@ -317,7 +325,8 @@ pub async fn run(
             identity: identity_reader,
         },
         settings,
-    ));
+    );
+    let ctx = Arc::new(ctx);
 
     let mut credential_controller = Controller::for_stream(credential_triggers, reader)
         // A cold start with many Credentials must not run them all at once: memory (and the
@@ -364,8 +373,14 @@ pub async fn run(
         .for_each(|_| future::ready(()));
 
     let undecodable_reports = report_undecodable(ctx.clone(), undecodable_rx);
+    // Ends only when every queue handle is gone, i.e. with the controllers.
+    let events = async move {
+        event_publisher.run().await;
+        future::pending::<()>().await;
+    };
 
     tokio::select! {
+        () = events => {}
         () = tenant_controller => {}
         () = credential_controller => {}
         () = undecodable_reports => {}
