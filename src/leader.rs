@@ -184,10 +184,45 @@ pub struct Leadership {
     _always: Option<watch::Sender<bool>>,
 }
 
+/// A read of the Lease made before [`Leadership::start`] (while the preflight runs, to save a
+/// round trip of start-up), with the instant its answer arrived: the basis of its expiry.
+pub struct LeaseRead {
+    lease: Option<Lease>,
+    at: Instant,
+}
+
+impl LeaseRead {
+    /// Read the Lease now. `None` when election is disabled or the read failed
+    /// ([`Leadership::start`] then reads again and reports the error).
+    pub async fn read(client: Client, config: &LeaderConfig) -> Option<Self> {
+        if !config.enabled {
+            return None;
+        }
+        let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+        let lease = api.get_opt(&config.lease_name).await.ok()?;
+        Some(Self {
+            lease,
+            at: Instant::now(),
+        })
+    }
+}
+
 impl Leadership {
     /// Start competing for the Lease (or lead unconditionally when election is disabled).
     /// `fence` is opened only while the Lease is provably held.
     pub async fn start(client: Client, config: &LeaderConfig, fence: Fence) -> Result<Self> {
+        Self::start_from(client, config, fence, None).await
+    }
+
+    /// [`Leadership::start`] from a read of the Lease made earlier (`None`: read it now). An
+    /// old read is safe: every write of the Lease is guarded by the resourceVersion read, so
+    /// a Lease renewed since then is not taken (409, read again).
+    pub async fn start_from(
+        client: Client,
+        config: &LeaderConfig,
+        fence: Fence,
+        read: Option<LeaseRead>,
+    ) -> Result<Self> {
         if !config.enabled {
             fence.set(FenceState::Always);
             let (tx, rx) = watch::channel(true);
@@ -202,11 +237,17 @@ impl Leadership {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         // A Lease that cannot be read is an error of `start`, reported before anything is
         // reconciled.
-        let first = api.get_opt(&config.lease_name).await?;
+        let first = match read {
+            Some(read) => read,
+            None => LeaseRead {
+                lease: api.get_opt(&config.lease_name).await?,
+                at: Instant::now(),
+            },
+        };
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
         let mut elector = Elector::new(api.clone(), config.clone(), fence, tx);
-        elector.observe_read(first, Instant::now());
+        elector.observe_read(first.lease, first.at);
         let events = lease_events(api, &config.lease_name);
         let task = tokio::spawn(elector.run(events, stop.clone()));
         Ok(Self {

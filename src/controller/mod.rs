@@ -32,7 +32,7 @@ use crate::telemetry::Metrics;
 use crate::{Error, Result};
 pub use backoff::Backoff;
 
-/// Reconciles in flight per controller.
+/// Credential reconciles in flight, unless `--max-concurrent-reconciles` says otherwise.
 pub const RECONCILE_CONCURRENCY: u16 = 8;
 
 /// The field manager of every server-side apply Bulkhead makes.
@@ -83,6 +83,8 @@ pub struct Settings {
     /// The restart targets the Role grants (`--restart-target`): others are reported as not
     /// permitted without a request that can only be refused. `None`: unknown, ask the API.
     pub permitted_restarts: Option<Vec<(crate::api::credential::RestartKind, String)>>,
+    /// Credential reconciles in flight at once (`--max-concurrent-reconciles`).
+    pub reconcile_concurrency: u16,
 }
 
 impl Default for Settings {
@@ -93,6 +95,7 @@ impl Default for Settings {
             identity_secret: "bulkhead-identity".to_owned(),
             control_plane: crate::controlplane::client::ClientSettings::default(),
             permitted_restarts: None,
+            reconcile_concurrency: RECONCILE_CONCURRENCY,
         }
     }
 }
@@ -295,6 +298,7 @@ pub async fn run(
             );
 
     let watch_secrets = settings.watch_managed_secrets;
+    let concurrency = settings.reconcile_concurrency.max(1);
     // The identity Secret, watched by name: the Role grants list/watch on this one only.
     let (identity_reader, identity_writer) = reflector::store::<Secret>();
     let identity_watch = watcher(
@@ -331,9 +335,7 @@ pub async fn run(
     let mut credential_controller = Controller::for_stream(credential_triggers, reader)
         // A cold start with many Credentials must not run them all at once: memory (and the
         // API server's load) stays bounded by this many reconciles in flight.
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-        );
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     if watch_secrets {
         // Opt-in: needs list/watch on Secrets (rbac.watchManagedSecrets).
         let secrets: Api<Secret> = Api::namespaced(client, &namespace);
