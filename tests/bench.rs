@@ -1270,8 +1270,9 @@ async fn idle_memory_of_builds() {
     cluster.install_crds();
     let release = cluster.install_release("idle", &[]);
     let kubeconfig = cluster.service_account_kubeconfig(&release);
-    // Per variant: (VmRSS, RssAnon, RssFile, threads) samples.
-    let mut samples: Vec<Vec<(u64, u64, u64, u64)>> = vec![Vec::new(); variants.len()];
+    // Per variant: (VmRSS, RssAnon, RssFile, threads, the binary's own pages, shared
+    // libraries' pages) samples.
+    let mut samples: Vec<Vec<(u64, u64, u64, u64, u64, u64)>> = vec![Vec::new(); variants.len()];
     let mut loads = Vec::new();
     for round in 0..rounds {
         for (i, (label, path, env)) in variants.iter().enumerate() {
@@ -1282,11 +1283,14 @@ async fn idle_memory_of_builds() {
             op.wait_leader(Duration::from_secs(60));
             tokio::time::sleep(SAMPLE_AFTER).await;
             let p = &op.process;
+            let (binary_kib, libraries_kib) = file_rss_kib(p.pid());
             samples[i].push((
                 p.rss_kib(),
                 p.status_kib("RssAnon"),
                 p.status_kib("RssFile"),
                 p.status_kib("Threads"),
+                binary_kib,
+                libraries_kib,
             ));
             loads.push(load());
             eprintln!("bench: round {round} {label}: {:?}", samples[i].last());
@@ -1314,7 +1318,7 @@ async fn idle_memory_of_builds() {
     );
     let _ = writeln!(
         t,
-        "| build | file size | VmRSS | RssAnon | RssFile | threads |"
+        "| build | file size | VmRSS | RssAnon | RssFile: the binary + shared libraries | threads |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|");
     for ((label, path, env), s) in variants.iter().zip(&samples) {
@@ -1322,7 +1326,7 @@ async fn idle_memory_of_builds() {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             t,
-            "| {label}{} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
+            "| {label}{} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB: {:.1} + {:.1} MiB | {} |",
             if env.is_empty() {
                 String::new()
             } else {
@@ -1332,8 +1336,43 @@ async fn idle_memory_of_builds() {
             mib(median(s.iter().map(|x| x.0).collect())),
             mib(median(s.iter().map(|x| x.1).collect())),
             mib(median(s.iter().map(|x| x.2).collect())),
+            mib(median(s.iter().map(|x| x.4).collect())),
+            mib(median(s.iter().map(|x| x.5).collect())),
             median(s.iter().map(|x| x.3).collect()),
         );
     }
     println!("\n{t}");
+}
+
+/// Resident KiB of a process's file mappings from /proc/<pid>/smaps: (the executable's own
+/// pages, shared libraries' pages). What a smaller binary can save is in the first.
+fn file_rss_kib(pid: u32) -> (u64, u64) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut binary, mut libraries) = (0, 0);
+    let mut current: Option<bool> = None; // Some(true): the binary, Some(false): a library
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            let path = fields.get(5).copied().unwrap_or_default();
+            current = if std::path::Path::new(path) == exe {
+                Some(true)
+            } else if path.contains(".so") {
+                Some(false)
+            } else {
+                None
+            };
+        } else if fields.first() == Some(&"Rss:") {
+            let kib: u64 = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            match current {
+                Some(true) => binary += kib,
+                Some(false) => libraries += kib,
+                None => {}
+            }
+        }
+    }
+    (binary, libraries)
 }

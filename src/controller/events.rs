@@ -59,9 +59,11 @@ impl EventQueue {
             }
             Err(err) => {
                 self.dropped.inc();
-                let (event, _) = err.into_inner();
+                let (event, regarding) = err.into_inner();
                 if !self.dropping.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
+                        kind = regarding.kind.as_deref().unwrap_or_default(),
+                        name = regarding.name.as_deref().unwrap_or_default(),
                         reason = %event.reason,
                         capacity = self.tx.max_capacity(),
                         "Event queue full (the API server is slow to take Events); dropping Events until it drains, counted in bulkhead_events_dropped_total"
@@ -77,7 +79,13 @@ impl EventPublisher {
     pub async fn run(mut self) {
         while let Some((event, regarding)) = self.rx.recv().await {
             if let Err(err) = self.recorder.publish(&event, &regarding).await {
-                tracing::warn!(error = %err, reason = %event.reason, "cannot publish Event");
+                tracing::warn!(
+                    error = %err,
+                    kind = regarding.kind.as_deref().unwrap_or_default(),
+                    name = regarding.name.as_deref().unwrap_or_default(),
+                    reason = %event.reason,
+                    "cannot publish Event"
+                );
             }
         }
     }
