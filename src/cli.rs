@@ -232,7 +232,7 @@ async fn client() -> Result<(kube::Client, String)> {
         Err(_) => "in-cluster".to_owned(),
     };
     let server = format!("{} ({context})", config.cluster_url);
-    let client = kube::Client::try_from(config)
+    let client = crate::kubeclient::build(config)
         .map_err(|e| Error::Config(crate::error::describe_kube(&e)))?;
     Ok((client, server))
 }

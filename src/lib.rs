@@ -7,6 +7,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod day2;
 pub mod error;
+pub mod kubeclient;
 pub mod leader;
 pub mod operator;
 pub mod preflight;

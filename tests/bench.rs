@@ -631,9 +631,14 @@ async fn first_secret_after_start(
             .into_iter()
             .map(|e| {
                 let at = e.request_received_timestamp.duration_since(wall);
+                // How long the API server took to answer (to start answering, for a watch).
+                let served = e
+                    .stage_timestamp
+                    .map(|done| done.duration_since(e.request_received_timestamp));
                 format!(
-                    "{:6.1} ms  {} {}",
+                    "{:6.1} ms (+{:5.1}) {} {}",
                     at.as_secs_f64() * 1000.0,
+                    served.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
                     e.verb,
                     e.request_uri
                 )

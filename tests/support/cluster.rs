@@ -1311,6 +1311,9 @@ pub struct AuditEvent {
     #[serde(default)]
     pub response_status: Option<AuditStatus>,
     pub request_received_timestamp: Timestamp,
+    /// When the last stage seen (ResponseComplete, or ResponseStarted for a watch) happened.
+    #[serde(default)]
+    pub stage_timestamp: Option<Timestamp>,
 }
 
 impl AuditEvent {
