@@ -903,7 +903,12 @@ impl Cluster {
                                     Command::new(helm)
                                         .args(["template", "bulkhead"])
                                         .arg(chart)
-                                        .args(["--namespace", ns]),
+                                        .args(["--namespace", ns])
+                                        // As install_release: the chart requires it.
+                                        .args([
+                                            "--set",
+                                            "networkPolicy.apiServer.cidrs={127.0.0.1/32}",
+                                        ]),
                                 )
                             })
                             .collect::<Vec<_>>()
