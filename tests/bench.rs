@@ -1284,7 +1284,8 @@ async fn idle_memory_of_builds() {
     let kubeconfig = cluster.service_account_kubeconfig(&release);
     // Per variant: (VmRSS, RssAnon, RssFile, threads, the binary's own pages, shared
     // libraries' pages) samples.
-    let mut samples: Vec<Vec<(u64, u64, u64, u64, u64, u64)>> = vec![Vec::new(); variants.len()];
+    type Sample = (u64, u64, u64, u64, u64, u64);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     let mut loads = Vec::new();
     for round in 0..rounds {
         for (i, (label, path, env)) in variants.iter().enumerate() {
