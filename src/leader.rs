@@ -831,6 +831,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_old_read_from_start_up_takes_over_only_the_version_it_read() {
+        // The Lease is read while the preflight runs; the preflight may retry for minutes.
+        let conflict = tower::service_fn(|_request: http::Request<kube::client::Body>| async {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(409)
+                    .body(kube::client::Body::from(status.to_string().into_bytes()))
+                    .unwrap(),
+            )
+        });
+        let (mut e, rx, fence) = elector();
+        e.api = Api::namespaced(Client::new(conflict, "team-a"), "team-a");
+        let read_at = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "1")), read_at);
+        tokio::time::advance(D * 10).await;
+        // Long expired by that read: a takeover, but only of the version read...
+        assert_eq!(e.plan(Instant::now()), Step::Write { acquire: true });
+        assert_eq!(e.claim(true)["metadata"]["resourceVersion"], "1");
+        // ...which the holder has renewed since: refused, read again, nothing held.
+        e.execute(Step::Write { acquire: true }).await;
+        assert_eq!(e.plan(Instant::now()), Step::Read);
+        assert!(!*rx.borrow() && !fence.allows());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_leader_renews_at_d_minus_g_and_stops_writing_at_d_minus_half_g() {
         let (mut e, rx, fence) = elector();
         let sent = Instant::now();
