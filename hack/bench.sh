@@ -12,6 +12,10 @@
 #        hack/bench.sh fleet N          N instances in N namespaces on one API server (N=300:
 #                                       about 15 minutes; BULKHEAD_BENCH_FLEET_CREDENTIALS per
 #                                       namespace, default 5)
+#        hack/bench.sh startup          only process start → first Secret, five times, each with
+#                                       the instance's requests on a timeline (audit log)
+#        hack/bench.sh concurrency [C...] burst of 200 and a cold start with 1000 at each
+#                                       --max-concurrent-reconciles value (default 4 8 16 32)
 #        hack/bench.sh knobs            idle RSS under runtime/allocator knobs (environment only)
 #        hack/bench.sh profiles [V...]  idle memory of release builds with other profile settings
 #                                       (V: today strip lto lto-abort opt-s; default all), each
@@ -29,11 +33,14 @@ cd "$root"
 
 mode="${1:-table}"
 case "$mode" in
-  table|knobs|profiles) ;;
+  table|knobs|profiles|startup) ;;
+  concurrency)
+    shift
+    [[ $# -eq 0 ]] || export BULKHEAD_BENCH_CONCURRENCY="$*" ;;
   fleet)
     [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: usage: hack/bench.sh fleet N (N ≥ 1)" >&2; exit 2; }
     export BULKHEAD_BENCH_FLEET="$2" ;;
-  *) echo "bench: unknown mode '$mode' (table, fleet N, knobs, profiles)" >&2; exit 2 ;;
+  *) echo "bench: unknown mode '$mode' (table, fleet N, knobs, profiles, startup, concurrency)" >&2; exit 2 ;;
 esac
 
 source hack/control-plane.sh
@@ -102,4 +109,6 @@ case "$mode" in
   table) run_bench per_instance_cost ;;
   fleet) run_bench fleet ;;
   knobs) run_bench memory_knobs ;;
+  startup) run_bench startup ;;
+  concurrency) run_bench concurrency ;;
 esac

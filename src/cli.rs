@@ -164,6 +164,11 @@ pub struct RunArgs {
     /// How long in-flight reconciles may take to finish on shutdown.
     #[arg(long, env = "BULKHEAD_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Credential reconciles in flight at once: a burst or a cold start is worked through this
+    /// many at a time (more is faster and holds more memory at the peak).
+    #[arg(long, env = "BULKHEAD_MAX_CONCURRENT_RECONCILES", default_value_t = crate::controller::RECONCILE_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Output format of `bulkhead rbac`.
@@ -231,7 +236,7 @@ async fn client() -> Result<(kube::Client, String)> {
         Err(_) => "in-cluster".to_owned(),
     };
     let server = format!("{} ({context})", config.cluster_url);
-    let client = kube::Client::try_from(config).map_err(|e| {
+    let client = crate::kubeclient::build(config).map_err(|e| {
         let message = format!(
             "cannot build a Kubernetes client for {server}: {}",
             crate::error::describe_kube(&e)
@@ -399,6 +404,7 @@ async fn run(args: RunArgs) -> Result<()> {
             identity_secret: args.role.identity_secret.clone(),
             control_plane: crate::controlplane::client::ClientSettings::default(),
             permitted_restarts: Some(args.role.restart_targets.clone()),
+            reconcile_concurrency: args.max_concurrent_reconciles,
         },
     };
     // Every line names the API server: a failing preflight says which server it could not reach.

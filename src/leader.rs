@@ -100,10 +100,45 @@ pub struct Leadership {
     _always: Option<watch::Sender<bool>>,
 }
 
+/// A read of the Lease made before [`Leadership::start`] (while the preflight runs, to save a
+/// round trip of start-up), with the instant its answer arrived: the basis of its expiry.
+pub struct LeaseRead {
+    lease: Option<Lease>,
+    at: Instant,
+}
+
+impl LeaseRead {
+    /// Read the Lease now. `None` when election is disabled or the read failed
+    /// ([`Leadership::start`] then reads again and reports the error).
+    pub async fn read(client: Client, config: &LeaderConfig) -> Option<Self> {
+        if !config.enabled {
+            return None;
+        }
+        let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+        let lease = api.get_opt(&config.lease_name).await.ok()?;
+        Some(Self {
+            lease,
+            at: Instant::now(),
+        })
+    }
+}
+
 impl Leadership {
     /// Start competing for the Lease (or lead unconditionally when election is disabled).
     /// `fence` is opened only while the Lease is provably held.
     pub async fn start(client: Client, config: &LeaderConfig, fence: Fence) -> Result<Self> {
+        Self::start_from(client, config, fence, None).await
+    }
+
+    /// [`Leadership::start`] from a read of the Lease made earlier (`None`: read it now). An
+    /// old read is safe: every write of the Lease is guarded by the resourceVersion read, so
+    /// a Lease renewed since then is not taken (409, read again).
+    pub async fn start_from(
+        client: Client,
+        config: &LeaderConfig,
+        fence: Fence,
+        read: Option<LeaseRead>,
+    ) -> Result<Self> {
         if !config.enabled {
             fence.set(FenceState::Always);
             let (tx, rx) = watch::channel(true);
@@ -118,14 +153,20 @@ impl Leadership {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         // A Lease that cannot be read is an error of `start`, reported before anything is
         // reconciled.
-        let first = api.get_opt(&config.lease_name).await.doing(format!(
-            "get Lease {}/{}",
-            config.namespace, config.lease_name
-        ))?;
+        let first = match read {
+            Some(read) => read,
+            None => LeaseRead {
+                lease: api.get_opt(&config.lease_name).await.doing(format!(
+                    "get Lease {}/{}",
+                    config.namespace, config.lease_name
+                ))?,
+                at: Instant::now(),
+            },
+        };
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
         let mut elector = Elector::new(api.clone(), config.clone(), fence, tx);
-        elector.observe_read(first, Instant::now());
+        elector.observe_read(first.lease, first.at);
         let events = lease_events(api, &config.lease_name);
         let task = tokio::spawn(elector.run(events, stop.clone()));
         Ok(Self {
@@ -747,6 +788,33 @@ mod tests {
         assert_eq!(claim["spec"]["holderIdentity"], "me");
         e.observe_read(None, t0);
         assert_eq!(e.plan(t0), Step::Create);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_read_from_start_up_takes_over_only_the_version_it_read() {
+        // The Lease is read while the preflight runs; the preflight may retry for minutes.
+        let conflict = tower::service_fn(|_request: http::Request<kube::client::Body>| async {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(409)
+                    .body(kube::client::Body::from(status.to_string().into_bytes()))
+                    .unwrap(),
+            )
+        });
+        let (mut e, rx, fence) = elector();
+        e.api = Api::namespaced(Client::new(conflict, "team-a"), "team-a");
+        let read_at = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "1")), read_at);
+        tokio::time::advance(D * 10).await;
+        // Long expired by that read: a takeover, but only of the version read...
+        assert_eq!(e.plan(Instant::now()), Step::Write { acquire: true });
+        assert_eq!(e.claim(true)["metadata"]["resourceVersion"], "1");
+        // ...which the holder has renewed since: refused, read again, nothing held.
+        e.execute(Step::Write { acquire: true }).await;
+        assert_eq!(e.plan(Instant::now()), Step::Read);
+        assert!(!*rx.borrow() && !fence.allows());
     }
 
     #[tokio::test(start_paused = true)]

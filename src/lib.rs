@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod day2;
 pub mod error;
 pub mod fence;
+pub mod kubeclient;
 pub mod leader;
 pub mod operator;
 pub mod preflight;

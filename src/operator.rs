@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::backoff::Schedule;
 use crate::controller;
-use crate::leader::{self, LeaderConfig, Leadership};
+use crate::leader::{self, LeaderConfig, Leadership, LeaseRead};
 use crate::preflight;
 use crate::rbac::{self, RbacOptions};
 use crate::telemetry::{Metrics, Readiness};
@@ -42,11 +42,18 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    if !wait_for_preflight(&client, &config, &metrics, &readiness, &shutdown).await {
+    // The Lease is read while the preflight runs (a read; nothing is written before the
+    // preflight passes and the Lease is held).
+    let (passed, lease) = tokio::join!(
+        wait_for_preflight(&client, &config, &metrics, &readiness, &shutdown),
+        LeaseRead::read(client.clone(), &config.leader),
+    );
+    if !passed {
         return Ok(());
     }
     let fence = metrics.leader.fence();
-    let leadership = Leadership::start(client.clone(), &config.leader, fence.clone()).await?;
+    let leadership =
+        Leadership::start_from(client.clone(), &config.leader, fence.clone(), lease).await?;
     let leader = leadership.subscribe();
     let client = leader::fenced(client, fence);
     let instance = config.leader.identity.clone();

@@ -279,11 +279,15 @@ pub async fn review_rules(
 /// Run every preflight check.
 pub async fn run(client: &Client, namespace: &str, required: &[RoleRule]) -> Preflight {
     let mut preflight = Preflight::default();
+    // The checks are independent: asked at once, they cost one round trip of start-up, not
+    // three (or four with a dry-run).
+    let (tenants, credentials, review) = futures::join!(
+        check_served::<Tenant>(client, namespace),
+        check_served::<Credential>(client, namespace),
+        review_rules(client, namespace),
+    );
     // One line when the server cannot be asked at all, not one per check.
-    for problem in [
-        check_served::<Tenant>(client, namespace).await,
-        check_served::<Credential>(client, namespace).await,
-    ] {
+    for problem in [tenants, credentials] {
         match problem {
             Ok(problem) => preflight.crd_problems.extend(problem),
             Err(why) => {
@@ -292,7 +296,7 @@ pub async fn run(client: &Client, namespace: &str, required: &[RoleRule]) -> Pre
             }
         }
     }
-    match review_rules(client, namespace).await {
+    match review {
         Ok((granted, incomplete)) => {
             preflight.rights = Some(rbac::compare(required, &granted, incomplete))
         }

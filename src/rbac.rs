@@ -123,7 +123,7 @@ pub fn required_rules(opts: &RbacOptions) -> Vec<RoleRule> {
             &["events"],
             &[],
             &["create", "patch"],
-            "Events on condition transitions and rotations; patch updates a repeated Event's series (src/controller/mod.rs)",
+            "Events on condition transitions and rotations; patch updates a repeated Event's series (src/controller/events.rs)",
             "the chart's Role (always granted)",
         ),
     ];

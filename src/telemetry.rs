@@ -130,6 +130,8 @@ pub struct Metrics {
     pub identity_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Objects skipped because this binary cannot decode them (counted once per version).
     pub undecodable: Family<KindLabels, Counter>,
+    /// Events dropped because the queue to the API server was full (`controller::events`).
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -223,6 +225,12 @@ impl Default for Metrics {
             "Object versions skipped because this binary cannot decode them (CRD bundle newer than the binary?)",
             undecodable.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not published because the queue to the API server was full (Events are advisory)",
+            events_dropped.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -246,6 +254,7 @@ impl Default for Metrics {
             control_plane_requests,
             identity_expiry,
             undecodable,
+            events_dropped,
         }
     }
 }

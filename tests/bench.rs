@@ -409,7 +409,11 @@ async fn per_instance_cost() {
     startups.sort();
     let startup = startups[startups.len() / 2];
     eprintln!("bench: start-up to ready {startups:?}");
-    let first_secrets = first_secret_after_start(&cluster, &admin).await;
+    let first_secrets: Vec<Duration> = first_secret_after_start(&cluster, &admin)
+        .await
+        .into_iter()
+        .map(|(took, _)| took)
+        .collect();
     eprintln!("bench: start→first Secret {first_secrets:?}");
 
     let mut idle = Vec::new();
@@ -565,8 +569,12 @@ async fn per_instance_cost() {
 }
 
 /// Process start → the first Secret, for a Credential created while no instance ran: five
-/// cold starts in their own namespace, sorted.
-async fn first_secret_after_start(cluster: &Cluster, admin: &Client) -> Vec<Duration> {
+/// cold starts in their own namespace, sorted. Each comes with its timeline: the instance's
+/// requests as the API server received them (audit log), in ms after the process started.
+async fn first_secret_after_start(
+    cluster: &Cluster,
+    admin: &Client,
+) -> Vec<(Duration, Vec<String>)> {
     let ns = "startup";
     let release = cluster.install_release(ns, &[]);
     let kubeconfig = cluster.service_account_kubeconfig(&release);
@@ -578,13 +586,158 @@ async fn first_secret_after_start(cluster: &Cluster, admin: &Client) -> Vec<Dura
         api.create(&PostParams::default(), &random_credential(ns, &name))
             .await
             .unwrap();
+        let wall = Timestamp::now();
         let mut op = Operator::start(cluster, &kubeconfig, &options(ns, &format!("first-{i}")));
+        // Polled from this thread (blocking): the watch that times the Secret runs elsewhere.
+        let ready = tokio::task::block_in_place(|| op.wait_ready(Duration::from_secs(60)));
         let seen_at = seen.wait(&name, Duration::from_secs(60)).await;
-        out.push(seen_at - op.started);
+        let until = Timestamp::now();
+        let took = seen_at - op.started;
         terminate(&mut op);
+        let audit = cluster.audit();
+        let timeline = audit
+            .by_user_between(&release.user(), wall, until)
+            .into_iter()
+            .map(|e| {
+                let at = e.request_received_timestamp.duration_since(wall);
+                // How long the API server took to answer (to start answering, for a watch).
+                let served = e
+                    .stage_timestamp
+                    .map(|done| done.duration_since(e.request_received_timestamp));
+                format!(
+                    "{:6.1} ms (+{:5.1}) {} {}",
+                    at.as_secs_f64() * 1000.0,
+                    served.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                    e.verb,
+                    e.request_uri
+                )
+            })
+            .collect::<Vec<String>>();
+        let mut timeline = timeline;
+        timeline.push(format!(
+            "{:6.1} ms  /readyz answered 200 (polled every 5 ms)",
+            ready.as_secs_f64() * 1000.0
+        ));
+        out.push((took, timeline));
     }
-    out.sort();
+    out.sort_by_key(|(took, _)| *took);
     out
+}
+
+/// `hack/bench.sh concurrency C...`: for each `--max-concurrent-reconciles` value in
+/// `BULKHEAD_BENCH_CONCURRENCY` (default "4 8 16 32"), in its own namespace: a burst of 200
+/// Credentials from 16 clients (create→Secret p50/p99), then 1000 Credentials and a cold
+/// restart among them (all reconciled in, peak VmRSS: must stay inside the chart's 64 Mi).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: hack/bench.sh concurrency"]
+async fn concurrency() {
+    let binaries = Binaries::from_env();
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
+    cluster.install_crds();
+    let admin = cluster.admin_client().await;
+    let values: Vec<u16> = std::env::var("BULKHEAD_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "4 8 16 32".to_owned())
+        .split_whitespace()
+        .map(|v| v.parse().expect("BULKHEAD_BENCH_CONCURRENCY: numbers"))
+        .collect();
+    let mut rows = Vec::new();
+    for c in values {
+        let ns = format!("conc-{c}");
+        let release = cluster.install_release(&ns, &[]);
+        let kubeconfig = cluster.service_account_kubeconfig(&release);
+        let mut o = options(&ns, &format!("conc-{c}"));
+        o.extra_args
+            .push(format!("--max-concurrent-reconciles={c}"));
+        let tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "tenant", "namespace": ns},
+            "spec": {"displayName": "Bench", "contacts": ["bench@example.com"]},
+        }))
+        .unwrap();
+        Api::<Tenant>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &tenant)
+            .await
+            .unwrap();
+        let mut op = Operator::start(&cluster, &kubeconfig, &o);
+        op.wait_leader(Duration::from_secs(60));
+        tokio::time::sleep(SETTLE).await;
+        let b = burst(&cluster, &admin, &op, &release, 200).await;
+        let burst_peak = op.process.status_kib("VmHWM");
+        create_many(
+            &admin,
+            &ns,
+            (0..800).map(|i| format!("bulk-{i:04}")).collect(),
+            1000,
+        )
+        .await;
+        op.process.signal("TERM");
+        assert!(
+            op.process
+                .wait_exit(Duration::from_secs(20))
+                .unwrap()
+                .success()
+        );
+        drop(op);
+        o.pod_name = format!("conc-{c}-restart");
+        let cold_load = load();
+        let mut restarted = Operator::start(&cluster, &kubeconfig, &o);
+        restarted.wait_leader(Duration::from_secs(60));
+        let cold = Instant::now();
+        cluster::eventually(
+            "1000 Credentials reconciled after the restart",
+            Duration::from_secs(300),
+            || async {
+                let n = restarted
+                    .metric("bulkhead_reconcile_total{controller=\"credential\"}")
+                    .unwrap_or(0.0);
+                (n >= 1000.0).then_some(())
+            },
+        )
+        .await;
+        let cold_took = cold.elapsed();
+        let cold_peak = restarted.process.status_kib("VmHWM");
+        let cold_load = format!("{cold_load}→{}", load());
+        drop(restarted);
+        eprintln!("bench: concurrency {c} done");
+        rows.push(format!(
+            "| {c} | {} / {}, {:.2} s (load {}) | {:.1} MiB | {:.2} s / {:.1} MiB (load {cold_load}) |",
+            ms(percentile(&b.latencies, 0.50)),
+            ms(percentile(&b.latencies, 0.99)),
+            b.took.as_secs_f64(),
+            b.load,
+            mib(burst_peak),
+            cold_took.as_secs_f64(),
+            mib(cold_peak),
+        ));
+    }
+    println!("Machine: {}\n", machine(&binaries));
+    println!(
+        "| reconciles in flight | burst of 200 from 16 clients: create→Secret p50 / p99, all done in | peak VmRSS after the burst | cold restart with 1000: all reconciled in / peak VmRSS |"
+    );
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// `hack/bench.sh startup`: only the start→first Secret runs, each with its timeline (where
+/// the time goes between the process start and the Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: hack/bench.sh startup"]
+async fn startup() {
+    let binaries = Binaries::from_env();
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
+    cluster.install_crds();
+    let admin = cluster.admin_client().await;
+    let load_before = load();
+    let runs = first_secret_after_start(&cluster, &admin).await;
+    println!("start→first Secret (load {load_before}→{}):", load());
+    for (took, timeline) in &runs {
+        println!("\n{} (Secret seen by a watch):", ms(*took));
+        for line in timeline {
+            println!("  {line}");
+        }
+    }
 }
 
 /// An instance with 10 Credentials before and after 2000 foreign (not Bulkhead's) 64 KiB
@@ -1112,8 +1265,10 @@ async fn idle_memory_of_builds() {
     cluster.install_crds();
     let release = cluster.install_release("idle", &[]);
     let kubeconfig = cluster.service_account_kubeconfig(&release);
-    // Per variant: (VmRSS, RssAnon, RssFile, threads) samples.
-    let mut samples: Vec<Vec<(u64, u64, u64, u64)>> = vec![Vec::new(); variants.len()];
+    // Per variant: (VmRSS, RssAnon, RssFile, threads, the binary's own pages, shared
+    // libraries' pages) samples.
+    type Sample = (u64, u64, u64, u64, u64, u64);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     let mut loads = Vec::new();
     for round in 0..rounds {
         for (i, (label, path, env)) in variants.iter().enumerate() {
@@ -1124,11 +1279,14 @@ async fn idle_memory_of_builds() {
             op.wait_leader(Duration::from_secs(60));
             tokio::time::sleep(SAMPLE_AFTER).await;
             let p = &op.process;
+            let (binary_kib, libraries_kib) = file_rss_kib(p.pid());
             samples[i].push((
                 p.rss_kib(),
                 p.status_kib("RssAnon"),
                 p.status_kib("RssFile"),
                 p.status_kib("Threads"),
+                binary_kib,
+                libraries_kib,
             ));
             loads.push(load());
             eprintln!("bench: round {round} {label}: {:?}", samples[i].last());
@@ -1156,7 +1314,7 @@ async fn idle_memory_of_builds() {
     );
     let _ = writeln!(
         t,
-        "| build | file size | VmRSS | RssAnon | RssFile | threads |"
+        "| build | file size | VmRSS | RssAnon | RssFile: the binary + shared libraries | threads |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|");
     for ((label, path, env), s) in variants.iter().zip(&samples) {
@@ -1164,7 +1322,7 @@ async fn idle_memory_of_builds() {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             t,
-            "| {label}{} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
+            "| {label}{} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB: {:.1} + {:.1} MiB | {} |",
             if env.is_empty() {
                 String::new()
             } else {
@@ -1174,8 +1332,43 @@ async fn idle_memory_of_builds() {
             mib(median(s.iter().map(|x| x.0).collect())),
             mib(median(s.iter().map(|x| x.1).collect())),
             mib(median(s.iter().map(|x| x.2).collect())),
+            mib(median(s.iter().map(|x| x.4).collect())),
+            mib(median(s.iter().map(|x| x.5).collect())),
             median(s.iter().map(|x| x.3).collect()),
         );
     }
     println!("\n{t}");
+}
+
+/// Resident KiB of a process's file mappings from /proc/<pid>/smaps: (the executable's own
+/// pages, shared libraries' pages). What a smaller binary can save is in the first.
+fn file_rss_kib(pid: u32) -> (u64, u64) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut binary, mut libraries) = (0, 0);
+    let mut current: Option<bool> = None; // Some(true): the binary, Some(false): a library
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            let path = fields.get(5).copied().unwrap_or_default();
+            current = if std::path::Path::new(path) == exe {
+                Some(true)
+            } else if path.contains(".so") {
+                Some(false)
+            } else {
+                None
+            };
+        } else if fields.first() == Some(&"Rss:") {
+            let kib: u64 = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            match current {
+                Some(true) => binary += kib,
+                Some(false) => libraries += kib,
+                None => {}
+            }
+        }
+    }
+    (binary, libraries)
 }

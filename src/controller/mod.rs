@@ -6,6 +6,7 @@
 //! watched once per kind.
 
 pub mod credential;
+pub mod events;
 pub mod restart;
 pub mod tenant;
 
@@ -30,8 +31,11 @@ use crate::resources;
 use crate::telemetry::Metrics;
 use crate::{Error, Result};
 
-/// Reconciles in flight per controller.
-pub const RECONCILE_CONCURRENCY: u16 = 8;
+/// Credential reconciles in flight, unless `--max-concurrent-reconciles` says otherwise.
+/// Chosen by measurement (`hack/bench.sh concurrency`; the table is in the commit that set it):
+/// a burst is bound by the API server beyond this, and a cold start with 1000 Credentials
+/// peaks at about 25 MiB, far inside the chart's 64 Mi limit.
+pub const RECONCILE_CONCURRENCY: u16 = 64;
 
 /// The field manager of every server-side apply Bulkhead makes.
 pub const FIELD_MANAGER: &str = "bulkhead";
@@ -44,7 +48,8 @@ pub struct Context {
     pub client: Client,
     pub namespace: String,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Events to publish, off the reconcile's path (see [`events`]).
+    pub events: events::EventQueue,
     pub credentials: Store<Credential>,
     /// The Tenant controller's cache (issued Credentials need a linked Tenant).
     pub tenants: Store<Tenant>,
@@ -80,6 +85,8 @@ pub struct Settings {
     /// The restart targets the Role grants (`--restart-target`): others are reported as not
     /// permitted without a request that can only be refused. `None`: unknown, ask the API.
     pub permitted_restarts: Option<Vec<(crate::api::credential::RestartKind, String)>>,
+    /// Credential reconciles in flight at once (`--max-concurrent-reconciles`).
+    pub reconcile_concurrency: u16,
 }
 
 impl Default for Settings {
@@ -90,11 +97,13 @@ impl Default for Settings {
             identity_secret: "bulkhead-identity".to_owned(),
             control_plane: crate::controlplane::client::ClientSettings::default(),
             permitted_restarts: None,
+            reconcile_concurrency: RECONCILE_CONCURRENCY,
         }
     }
 }
 
 impl Context {
+    /// The context, and the Event publisher to run beside the controllers.
     pub fn new(
         client: Client,
         namespace: String,
@@ -102,13 +111,18 @@ impl Context {
         instance: String,
         stores: Stores,
         settings: Settings,
-    ) -> Self {
+    ) -> (Self, events::EventPublisher) {
         let reporter = Reporter {
             controller: EVENT_CONTROLLER.to_owned(),
             instance: Some(instance),
         };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
+        let (events, publisher) = events::queue(
+            Recorder::new(client.clone(), reporter),
+            events::EVENT_QUEUE_CAPACITY,
+            metrics.events_dropped.clone(),
+        );
+        let ctx = Self {
+            events,
             client,
             namespace,
             credentials: stores.credentials,
@@ -122,7 +136,8 @@ impl Context {
             identity: stores.identity,
             tenant_writes: tenant::WriteGate::default(),
             settings,
-        }
+        };
+        (ctx, publisher)
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -132,7 +147,8 @@ impl Context {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Publish an Event about an object; failures are logged, never fatal (Events are advisory).
+    /// Publish an Event about an object: queued for the background publisher, never awaited
+    /// here; failures and drops are logged and counted, never fatal (Events are advisory).
     pub async fn publish<K>(
         &self,
         object: &K,
@@ -164,10 +180,7 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, regarding).await {
-            let err = Error::api(format!("create Event in {}", self.namespace), err);
-            tracing::warn!(error = %err, reason, "cannot publish Event");
-        }
+        self.events.send(event, regarding.clone());
     }
 
     /// One Event per condition transition. `Ready` going False and problems going True are
@@ -297,6 +310,7 @@ pub async fn run(
             );
 
     let watch_secrets = settings.watch_managed_secrets;
+    let concurrency = settings.reconcile_concurrency.max(1);
     // The identity Secret, watched by name: the Role grants list/watch on this one only.
     let (identity_reader, identity_writer) = reflector::store::<Secret>();
     let identity_watch = watcher(
@@ -316,7 +330,7 @@ pub async fn run(
         })
     });
     let tenant_base = Controller::for_stream(tenant_triggers, tenant_reader.clone());
-    let ctx = Arc::new(Context::new(
+    let (ctx, event_publisher) = Context::new(
         client.clone(),
         namespace.clone(),
         metrics,
@@ -327,14 +341,13 @@ pub async fn run(
             identity: identity_reader,
         },
         settings,
-    ));
+    );
+    let ctx = Arc::new(ctx);
 
     let mut credential_controller = Controller::for_stream(credential_triggers, reader)
         // A cold start with many Credentials must not run them all at once: memory (and the
         // API server's load) stays bounded by this many reconciles in flight.
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-        );
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     if watch_secrets {
         // Opt-in: needs list/watch on Secrets (rbac.watchManagedSecrets).
         let secrets: Api<Secret> = Api::namespaced(client, &namespace);
@@ -379,8 +392,14 @@ pub async fn run(
         .for_each(|_| future::ready(()));
 
     let undecodable_reports = report_undecodable(ctx.clone(), undecodable_rx);
+    // Ends only when every queue handle is gone, i.e. with the controllers.
+    let events = async move {
+        event_publisher.run().await;
+        future::pending::<()>().await;
+    };
 
     tokio::select! {
+        () = events => {}
         () = tenant_controller => {}
         () = credential_controller => {}
         () = undecodable_reports => {}

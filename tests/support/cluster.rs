@@ -914,7 +914,12 @@ impl Cluster {
                                     Command::new(helm)
                                         .args(["template", "bulkhead"])
                                         .arg(chart)
-                                        .args(["--namespace", ns]),
+                                        .args(["--namespace", ns])
+                                        // As install_release: the chart requires it.
+                                        .args([
+                                            "--set",
+                                            "networkPolicy.apiServer.cidrs={127.0.0.1/32}",
+                                        ]),
                                 )
                             })
                             .collect::<Vec<_>>()
@@ -1322,6 +1327,9 @@ pub struct AuditEvent {
     #[serde(default)]
     pub response_status: Option<AuditStatus>,
     pub request_received_timestamp: Timestamp,
+    /// When the last stage seen (ResponseComplete, or ResponseStarted for a watch) happened.
+    #[serde(default)]
+    pub stage_timestamp: Option<Timestamp>,
 }
 
 impl AuditEvent {
