@@ -6,71 +6,14 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bulkhead::api::{ConditionSet, Credential, credential};
 use bulkhead::controller::Settings;
-use bulkhead::leader::LeaderConfig;
-use bulkhead::operator::{self, RunConfig};
-use bulkhead::telemetry::{Metrics, Readiness};
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use support::ApiDouble;
-use support::operator::{NS, eventually, options, role, secret_value};
-
-/// The double, with Event writes (events.k8s.io) held until `open` is called.
-#[derive(Clone)]
-struct EventGate {
-    double: ApiDouble,
-    gate: Arc<Semaphore>,
-    /// Event requests that reached the gate.
-    held: Arc<AtomicUsize>,
-}
-
-impl EventGate {
-    fn new(double: ApiDouble) -> Self {
-        Self {
-            double,
-            gate: Arc::new(Semaphore::new(0)),
-            held: Arc::default(),
-        }
-    }
-
-    fn open(&self) {
-        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    }
-}
-
-impl tower::Service<http::Request<kube::client::Body>> for EventGate {
-    type Response = http::Response<support::apidouble::ResponseBody>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-        let this = self.clone();
-        async move {
-            let is_event = request.uri().path().starts_with("/apis/events.k8s.io/");
-            if is_event {
-                this.held.fetch_add(1, Ordering::SeqCst);
-                let _permit = this.gate.acquire().await.unwrap();
-            }
-            Ok(this.double.handle(request).await)
-        }
-        .boxed()
-    }
-}
+use support::gate::Gate;
+use support::operator::{NS, eventually, options, role, secret_value, start_on};
 
 fn ready(double: &ApiDouble, name: &str) -> Option<String> {
     let c: Credential = double.get(NS, name)?;
@@ -93,34 +36,21 @@ async fn an_event_write_that_hangs_delays_neither_the_secret_nor_the_status() {
     let rbac = options();
     double.set_role(role(&rbac));
     double.insert(&credential("db").namespace(NS).random(32).build());
-    let gated = EventGate::new(double.clone());
+    let gated = Gate::new(double.clone(), |request| {
+        request.uri().path().starts_with("/apis/events.k8s.io/")
+    });
 
-    let shutdown = CancellationToken::new();
-    let config = RunConfig {
-        namespace: NS.into(),
-        leader: LeaderConfig {
-            enabled: true,
-            namespace: NS.into(),
-            lease_name: rbac.lease_name.clone(),
-            identity: "a".into(),
-            lease_duration: Duration::from_secs(30),
-            renew_grace: Duration::from_secs(10),
-        },
+    let op = start_on(
+        gated.client(NS),
+        "a",
         rbac,
-        drain_timeout: Duration::from_secs(5),
-        settings: Settings::default(),
-    };
-    let task = tokio::spawn(operator::run(
-        kube::Client::new(gated.clone(), NS),
-        config,
-        Arc::new(Metrics::default()),
-        Readiness::starting(),
-        shutdown.clone(),
-    ));
+        Settings::default(),
+        (Duration::from_secs(30), Duration::from_secs(10)),
+    );
 
     // The reconcile ran far enough to write an Event, and that write is stuck...
     eventually("an Event write held at the gate", || {
-        (gated.held.load(Ordering::SeqCst) > 0).then_some(())
+        (gated.held() > 0).then_some(())
     })
     .await;
     // ...yet the Secret is written and the status says Ready.
@@ -145,10 +75,5 @@ async fn an_event_write_that_hangs_delays_neither_the_secret_nor_the_status() {
     reasons.sort();
     assert_eq!(reasons, ["Created", "Ready"]);
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    op.stop().await;
 }

@@ -398,12 +398,14 @@ pub async fn run(
         future::pending::<()>().await;
     };
 
+    // Both controllers stop on `shutdown` through `graceful_shutdown_on`: no new reconcile
+    // starts and the ones in flight finish (the caller bounds that by `--drain-timeout`). So
+    // this waits for both, never for the token itself: returning at the token dropped the
+    // reconciles in flight halfway (tests/shutdown.rs).
     tokio::select! {
+        ((), ()) = future::join(tenant_controller, credential_controller) => {}
         () = events => {}
-        () = tenant_controller => {}
-        () = credential_controller => {}
         () = undecodable_reports => {}
-        () = shutdown.cancelled() => {}
     }
     Ok(())
 }

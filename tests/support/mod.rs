@@ -5,6 +5,7 @@
 
 pub mod apidouble;
 pub mod devcp;
+pub mod gate;
 pub mod operator;
 pub mod pki;
 

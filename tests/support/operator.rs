@@ -84,6 +84,17 @@ pub fn start_timed(
     identity: &str,
     rbac: RbacOptions,
     settings: Settings,
+    timings: (Duration, Duration),
+) -> Running {
+    start_on(double.client(NS), identity, rbac, settings, timings)
+}
+
+/// `start_timed` on any client (the double behind a [`super::gate::Gate`], say).
+pub fn start_on(
+    client: kube::Client,
+    identity: &str,
+    rbac: RbacOptions,
+    settings: Settings,
     (lease_duration, renew_grace): (Duration, Duration),
 ) -> Running {
     let shutdown = CancellationToken::new();
@@ -104,7 +115,7 @@ pub fn start_timed(
         settings,
     };
     let task = tokio::spawn(operator::run(
-        double.client(NS),
+        client,
         config,
         metrics.clone(),
         readiness.clone(),
