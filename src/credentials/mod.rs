@@ -27,7 +27,6 @@ mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use kube::ResourceExt;
-    use kube::api::ObjectMeta;
 
     use super::*;
     use crate::api::credential::{Credential, DeletionPolicy};
@@ -35,7 +34,7 @@ mod tests {
     use crate::resources::plan::Ownership;
     use crate::resources::plan::{Change, Plan, Refusal, Step};
     use crate::resources::secret::{self, credential_label, ownership};
-    use crate::resources::testing::{self, FixedEntropy, db, rotating, with_uid};
+    use crate::resources::testing::{self, FixedEntropy, db, foreign_secret, rotating, with_uid};
     use crate::resources::{CREDENTIAL_LABEL, DELETE_ADOPTED};
 
     fn random(every: Option<&str>) -> Credential {
@@ -78,18 +77,7 @@ mod tests {
     #[test]
     fn foreign_secret_is_a_conflict_and_never_planned() {
         let c = random(None);
-        let foreign = Secret {
-            metadata: ObjectMeta {
-                name: Some("db-password".into()),
-                ..ObjectMeta::default()
-            },
-            data: Some(
-                [(VALUE.to_owned(), ByteString(b"theirs".to_vec()))]
-                    .into_iter()
-                    .collect(),
-            ),
-            ..Secret::default()
-        };
+        let foreign = foreign_secret("db-password", None, &[(VALUE, b"theirs")]);
         match plan(
             &c,
             Some(&foreign),
@@ -174,19 +162,8 @@ mod tests {
     fn adopting_what_would_lose_data_is_a_conflict_naming_the_cause() {
         let mut c = random(None);
         c.spec.adopt = true;
-        let foreign = |type_: &str, data: &[(&str, &[u8])]| Secret {
-            metadata: ObjectMeta {
-                name: Some("db-password".into()),
-                ..ObjectMeta::default()
-            },
-            type_: Some(type_.into()),
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        };
+        let foreign =
+            |type_: &str, data: &[(&str, &[u8])]| foreign_secret("db-password", Some(type_), data);
         let conflict = |c: &Credential, s: &Secret| match plan(
             c,
             Some(s),
@@ -225,14 +202,7 @@ mod tests {
     fn foreign_secrets_are_left_alone_and_types_never_change() {
         let token = crate::api::credential("jobs").control_plane_token("spark-jobs", "1h");
         let c = with_uid(token.clone());
-        let foreign = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some("jobs".into()),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            ..Secret::default()
-        };
+        let foreign = foreign_secret("jobs", Some("Opaque"), &[]);
         assert!(matches!(
             decide(&c, Some(&foreign), at(0)),
             Err(Refusal::Conflict(_))

@@ -82,7 +82,6 @@ mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use kube::ResourceExt;
-    use kube::api::ObjectMeta;
 
     use super::*;
     use crate::api::credential::{
@@ -91,7 +90,7 @@ mod tests {
     use crate::resources::journal::{key_id, unkeyed_key_id};
     use crate::resources::plan::Plan;
     use crate::resources::secret;
-    use crate::resources::testing::{self, FixedEntropy, db, rotating, ts, value};
+    use crate::resources::testing::{self, FixedEntropy, db, foreign_secret, rotating, ts, value};
     use crate::resources::{
         CREDENTIAL_LABEL, KEY_ID, KEY_ID_SALT, MANAGED_BY_LABEL, RESTARTED_FOR, ROTATED_AT,
     };
@@ -349,18 +348,7 @@ mod tests {
     fn adopt_keeps_the_existing_value() {
         let mut c = random(None);
         c.spec.adopt = true;
-        let foreign = Secret {
-            metadata: ObjectMeta {
-                name: Some("db-password".into()),
-                ..ObjectMeta::default()
-            },
-            data: Some(
-                [(VALUE.to_owned(), ByteString(b"their-value".to_vec()))]
-                    .into_iter()
-                    .collect(),
-            ),
-            ..Secret::default()
-        };
+        let foreign = foreign_secret("db-password", None, &[(VALUE, b"their-value")]);
         let p = plan(
             &c,
             Some(&foreign),

@@ -130,7 +130,7 @@ pub fn registry_data(
 mod tests {
     use super::*;
     use crate::resources::secret;
-    use crate::resources::testing::with_uid;
+    use crate::resources::testing::{foreign_secret, with_uid};
 
     fn plan_issued(
         c: &Credential,
@@ -155,22 +155,11 @@ mod tests {
                 .adopt(),
         );
         let theirs = r#"{"auths":{"ghcr.io":{"auth":"dXNlcjpwdw=="},"registry.example.com":{"auth":"b2xk"}}}"#;
-        let foreign = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some("jobs".into()),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/dockerconfigjson".into()),
-            data: Some(
-                [(
-                    DOCKER_CONFIG_JSON.to_owned(),
-                    k8s_openapi::ByteString(theirs.as_bytes().to_vec()),
-                )]
-                .into_iter()
-                .collect(),
-            ),
-            ..Secret::default()
-        };
+        let foreign = foreign_secret(
+            "jobs",
+            Some("kubernetes.io/dockerconfigjson"),
+            &[(DOCKER_CONFIG_JSON, theirs.as_bytes())],
+        );
         let issued = registry_data("registry.example.com", "robot", "new", at(3600));
         let plan = plan_issued(&c, Some(&foreign), Change::Adopted, issued, at(0)).unwrap();
         let doc: serde_json::Value = serde_json::from_str(&plan.data[DOCKER_CONFIG_JSON]).unwrap();

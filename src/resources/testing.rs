@@ -2,7 +2,9 @@
 //! start from, and a plan run through the shared rules exactly as the controller runs it.
 
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
 
 pub use super::entropy::tests::FixedEntropy;
 use super::plan::{CredentialKind, Plan, Refusal, Step};
@@ -67,4 +69,21 @@ pub fn value(s: &Secret, key: &str) -> Option<String> {
         .as_ref()?
         .get(key)
         .map(|b| String::from_utf8(b.0.clone()).unwrap_or_else(|e| panic!("{key}: {e}")))
+}
+
+/// A Secret Bulkhead did not write: `name`, of `type_` (`None`: no type given), holding `data`.
+pub fn foreign_secret(name: &str, type_: Option<&str>, data: &[(&str, &[u8])]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        type_: type_.map(Into::into),
+        data: (!data.is_empty()).then(|| {
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                .collect()
+        }),
+        ..Secret::default()
+    }
 }
