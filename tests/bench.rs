@@ -293,8 +293,8 @@ async fn latencies(client: &Client, ns: &str, count: usize) -> OneByOne {
 /// Where each one-by-one create→Secret went, from the API server's audit log: the
 /// Credential's POST, the operator's GET of the Secret (404) and its POST of the Secret, each
 /// as received and as answered (the audit's ResponseComplete stage), between the bench's POST
-/// and its watch seeing the Secret. Stages are in ms, signed (two clocks of one machine can
-/// disagree by a few µs). A markdown table of p50 / p99 / mean per stage; the means add up to
+/// and its watch seeing the Secret. Stages are in ms, signed: the audit log stamps a request
+/// answered when its entry is written, which may follow the watch event it caused. A markdown table of p50 / p99 / mean per stage; the means add up to
 /// the mean total. Creates whose three requests are not all in `audit` are counted apart.
 fn breakdown(audit: &AuditLog, operator: &str, ns: &str, creates: &[Create]) -> String {
     const STAGES: [&str; 7] = [
@@ -358,16 +358,11 @@ fn breakdown(audit: &AuditLog, operator: &str, ns: &str, creates: &[Create]) -> 
     }
     let row = |label: &str, values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
-        let pct = |q: f64| {
-            let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-            values[rank - 1]
-        };
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
         format!(
             "| {label} | {:.1} | {:.1} | {:.1} |\n",
-            pct(0.50),
-            pct(0.99),
-            mean
+            percentile_ms(values, 0.50),
+            percentile_ms(values, 0.99),
+            mean_ms(values)
         )
     };
     let mut t = String::new();
@@ -495,6 +490,16 @@ async fn burst(
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// [`percentile`] of milliseconds, `sorted` ascending.
+fn percentile_ms(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn mean_ms(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
 }
 
 fn ms(d: Duration) -> String {
@@ -947,12 +952,11 @@ async fn latency() {
     );
     println!("{table}");
     let held = scheduler_hold(200).await;
-    let pct = |q: f64| held[((q * held.len() as f64).ceil() as usize).clamp(1, held.len()) - 1];
     println!(
         "kube-runtime's scheduler, a request due at once (200, 10 ms apart; the bench's debug build): held p50 / p99 / mean {:.2} / {:.2} / {:.2} ms",
-        pct(0.50),
-        pct(0.99),
-        held.iter().sum::<f64>() / held.len() as f64
+        percentile_ms(&held, 0.50),
+        percentile_ms(&held, 0.99),
+        mean_ms(&held)
     );
 }
 
