@@ -14,6 +14,9 @@
 #                                       namespace, default 5)
 #        hack/bench.sh startup          only process start → first Secret, five times, each with
 #                                       the instance's requests on a timeline (audit log)
+#        hack/bench.sh latency          only create→Secret one at a time (200, beside 100
+#                                       Credentials), each create broken down by stage from
+#                                       the audit log (API server vs. the rest)
 #        hack/bench.sh concurrency [C...] burst of 200 and a cold start with 1000 at each
 #                                       --max-concurrent-reconciles value (default 4 8 16 32)
 #        hack/bench.sh knobs            idle RSS under runtime/allocator knobs (environment only)
@@ -33,14 +36,14 @@ cd "$root"
 
 mode="${1:-table}"
 case "$mode" in
-  table|knobs|profiles|startup) ;;
+  table|knobs|profiles|startup|latency) ;;
   concurrency)
     shift
     [[ $# -eq 0 ]] || export BULKHEAD_BENCH_CONCURRENCY="$*" ;;
   fleet)
     [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: usage: hack/bench.sh fleet N (N ≥ 1)" >&2; exit 2; }
     export BULKHEAD_BENCH_FLEET="$2" ;;
-  *) echo "bench: unknown mode '$mode' (table, fleet N, knobs, profiles, startup, concurrency)" >&2; exit 2 ;;
+  *) echo "bench: unknown mode '$mode' (table, fleet N, knobs, profiles, startup, latency, concurrency)" >&2; exit 2 ;;
 esac
 
 source hack/control-plane.sh
@@ -110,5 +113,6 @@ case "$mode" in
   fleet) run_bench fleet ;;
   knobs) run_bench memory_knobs ;;
   startup) run_bench startup ;;
+  latency) run_bench latency ;;
   concurrency) run_bench concurrency ;;
 esac

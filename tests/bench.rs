@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use bulkhead::api::{Credential, Tenant};
 use cluster::{
-    Binaries, Cluster, GroupWatchdog, Operator, OperatorOptions, Release, random_credential,
+    AuditEvent, AuditLog, Binaries, Cluster, GroupWatchdog, Operator, OperatorOptions, Release,
+    random_credential,
 };
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
@@ -251,23 +252,162 @@ impl Drop for SeenSecrets {
     }
 }
 
+/// One create of the one-by-one run, on the wall clock (comparable with the audit log's
+/// timestamps): just before its POST was sent, and when the bench's watch saw its Secret.
+struct Create {
+    name: String,
+    posted: Timestamp,
+    seen: Timestamp,
+}
+
+/// The one-by-one run: create→Secret latencies, sorted, and each create's wall-clock ends.
+struct OneByOne {
+    sorted: Vec<Duration>,
+    creates: Vec<Create>,
+}
+
 /// Sequential create→Secret latencies: each Credential is created once the previous one's
 /// Secret was seen by a watch (the admin's), so each is measured on an otherwise idle instance.
-async fn latencies(client: &Client, ns: &str, count: usize) -> Vec<Duration> {
+async fn latencies(client: &Client, ns: &str, count: usize) -> OneByOne {
     let seen = SeenSecrets::start(client, ns).await;
     let api = Api::<Credential>::namespaced(client.clone(), ns);
-    let mut out = Vec::with_capacity(count);
+    let mut sorted = Vec::with_capacity(count);
+    let mut creates = Vec::with_capacity(count);
     for i in 0..count {
         let name = format!("latency-{i:03}");
+        let posted = Timestamp::now();
         let started = Instant::now();
         api.create(&PostParams::default(), &random_credential(ns, &name))
             .await
             .unwrap();
         let seen_at = seen.wait(&name, Duration::from_secs(30)).await;
-        out.push(seen_at - started);
+        let took = seen_at - started;
+        sorted.push(took);
+        let seen = posted.checked_add(took).unwrap();
+        creates.push(Create { name, posted, seen });
     }
-    out.sort();
-    out
+    sorted.sort();
+    OneByOne { sorted, creates }
+}
+
+/// Where each one-by-one create→Secret went, from the API server's audit log: the
+/// Credential's POST, the operator's GET of the Secret (404) and its POST of the Secret, each
+/// as received and as answered (the audit's ResponseComplete stage), between the bench's POST
+/// and its watch seeing the Secret. Stages are in ms, signed: the audit log stamps a request
+/// answered when its entry is written, which may follow the watch event it caused. A markdown table of p50 / p99 / mean per stage; the means add up to
+/// the mean total. Creates whose three requests are not all in `audit` are counted apart.
+fn breakdown(audit: &AuditLog, operator: &str, ns: &str, creates: &[Create]) -> String {
+    const STAGES: [&str; 7] = [
+        "bench sends the Credential's POST → API server receives it",
+        "**API server**: the Credential's POST, received → answered",
+        "POST answered → the operator's GET of the Secret received (watch delivery to the operator, queue, reconcile start)",
+        "**API server**: the GET (404), received → answered",
+        "GET answered → the Secret's POST received (the operator plans and builds the Secret)",
+        "**API server**: the Secret's POST, received → answered",
+        "Secret's POST answered → the Secret seen by the bench's watch",
+    ];
+    let ms_between =
+        |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
+    let received = |e: &AuditEvent| e.request_received_timestamp;
+    let answered = |e: &AuditEvent| e.stage_timestamp.unwrap_or(e.request_received_timestamp);
+    let mut stages: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
+    let mut server = Vec::new();
+    let mut total = Vec::new();
+    let mut unmatched = Vec::new();
+    for c in creates {
+        let find = |user: Option<&str>, verb: &str, resource: &str, after: Timestamp| {
+            audit.events.iter().find(|e| {
+                user.is_none_or(|u| e.user.username == u)
+                    && e.verb == verb
+                    && e.resource() == resource
+                    && e.namespace() == ns
+                    && e.name() == c.name
+                    && e.request_received_timestamp >= after
+                    && e.request_received_timestamp <= c.seen
+            })
+        };
+        let Some(post) = find(None, "create", "credentials", c.posted) else {
+            unmatched.push(c.name.clone());
+            continue;
+        };
+        let Some(get) = find(Some(operator), "get", "secrets", received(post)) else {
+            unmatched.push(c.name.clone());
+            continue;
+        };
+        let Some(create) = find(Some(operator), "create", "secrets", received(get)) else {
+            unmatched.push(c.name.clone());
+            continue;
+        };
+        let marks = [
+            c.posted,
+            received(post),
+            answered(post),
+            received(get),
+            answered(get),
+            received(create),
+            answered(create),
+            c.seen,
+        ];
+        for (i, pair) in marks.windows(2).enumerate() {
+            stages[i].push(ms_between(pair[0], pair[1]));
+        }
+        server.push(
+            stages[1].last().unwrap() + stages[3].last().unwrap() + stages[5].last().unwrap(),
+        );
+        total.push(ms_between(c.posted, c.seen));
+    }
+    let row = |label: &str, values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        format!(
+            "| {label} | {:.1} | {:.1} | {:.1} |\n",
+            percentile_ms(values, 0.50),
+            percentile_ms(values, 0.99),
+            mean_ms(values)
+        )
+    };
+    let mut t = String::new();
+    if total.is_empty() {
+        let _ = writeln!(t, "no create matched in the audit log: {unmatched:?}");
+        return t;
+    }
+    let _ = writeln!(
+        t,
+        "| where each create→Secret went ({} creates, audit log) | p50 ms | p99 ms | mean ms |",
+        total.len()
+    );
+    let _ = writeln!(t, "|---|---|---|---|");
+    for (label, values) in STAGES.iter().zip(stages.iter_mut()) {
+        t.push_str(&row(label, values));
+    }
+    t.push_str(&row("the API server's three answers together", &mut server));
+    t.push_str(&row("create→Secret (the sum)", &mut total));
+    if !unmatched.is_empty() {
+        let _ = writeln!(
+            t,
+            "\n{} creates without all three requests in the audit log: {unmatched:?}",
+            unmatched.len()
+        );
+    }
+    t
+}
+
+/// The one-by-one run in `release`'s namespace with its breakdown (see [`breakdown`]); the
+/// load average before→after.
+async fn one_by_one(
+    cluster: &Cluster,
+    client: &Client,
+    release: &Release,
+    count: usize,
+) -> (OneByOne, String, String) {
+    let load_before = load();
+    let offset = cluster.audit_len();
+    let run = latencies(client, &release.namespace, count).await;
+    let load = format!("{load_before}→{}", load());
+    // The audit log is written when a request completes; give the last ones a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let audit = cluster.audit_after(offset);
+    let table = breakdown(&audit, &release.user(), &release.namespace, &run.creates);
+    (run, table, load)
 }
 
 /// A burst: `count` Credentials created at once by 16 clients; create→Secret of each (from
@@ -352,6 +492,16 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank - 1]
 }
 
+/// [`percentile`] of milliseconds, `sorted` ascending.
+fn percentile_ms(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn mean_ms(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -428,9 +578,8 @@ async fn per_instance_cost() {
     .await;
     idle.push((100, idle_window(&cluster, &[(&op, &release)]).await));
     eprintln!("bench: idle with 100 done");
-    let lat_load = load();
-    let lat = latencies(&admin, ns, 200).await;
-    let lat_load = format!("{lat_load}→{}", load());
+    let (lat, lat_breakdown, lat_load) = one_by_one(&cluster, &admin, &release, 200).await;
+    let lat = lat.sorted;
     eprintln!("bench: latencies done");
     // The Tenant whose status counts the Credentials: its writes during the burst.
     let tenant: Tenant = serde_json::from_value(serde_json::json!({
@@ -555,6 +704,8 @@ async fn per_instance_cost() {
         mib(restart_rss),
         mib(restart_anon)
     );
+    let _ = writeln!(table);
+    table.push_str(&lat_breakdown);
     let _ = writeln!(table);
     table.push_str(&foreign.table());
     println!("\n{table}");
@@ -738,6 +889,75 @@ async fn startup() {
             println!("  {line}");
         }
     }
+}
+
+/// How long kube-runtime's scheduler (the Controller's queue) holds a reconcile request that
+/// is due at once, the way a watch event enters it (`run_at: now`): `count` requests, one at a
+/// time 10 ms apart as in the one-by-one run, each timed from its send to the scheduler
+/// emitting it. Its queue is a `tokio_util` `DelayQueue`, which counts whole milliseconds
+/// (deadlines rounded up) on Tokio's 1 ms timer. Sorted, in ms.
+async fn scheduler_hold(count: usize) -> Vec<f64> {
+    use kube::runtime::scheduler::{ScheduleRequest, scheduler};
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let mut queue = std::pin::pin!(scheduler(rx));
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let sent = tokio::time::Instant::now();
+        tx.unbounded_send(ScheduleRequest {
+            message: i,
+            run_at: sent,
+        })
+        .unwrap();
+        let emitted = queue.next().await;
+        held.push(sent.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(emitted, Some(i), "the scheduler emits what was sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.sort_by(f64::total_cmp);
+    held
+}
+
+/// `hack/bench.sh latency`: only the one-by-one create→Secret of the main table, on the same
+/// footing (chart defaults, 100 Credentials already reconciled, an idle instance), with each
+/// create's breakdown from the audit log (see [`breakdown`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: hack/bench.sh latency"]
+async fn latency() {
+    let binaries = Binaries::from_env();
+    let cluster = Cluster::start(binaries.clone().without_controller_manager());
+    cluster.install_crds();
+    let admin = cluster.admin_client().await;
+    let ns = "bench";
+    let release = cluster.install_release(ns, &[]);
+    let kubeconfig = cluster.service_account_kubeconfig(&release);
+    let mut op = Operator::start(&cluster, &kubeconfig, &options(ns, "bench-latency"));
+    op.wait_leader(Duration::from_secs(60));
+    create_many(
+        &admin,
+        ns,
+        (0..100).map(|i| format!("bulk-{i:04}")).collect(),
+        100,
+    )
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    let (lat, table, lat_load) = one_by_one(&cluster, &admin, &release, 200).await;
+    assert!(op.process.is_running(), "the instance survived");
+    terminate(&mut op);
+    println!("\nMachine: {}\n", machine(&binaries));
+    println!(
+        "create→Secret, 200 Credentials one by one: p50 / p95 / p99 (load {lat_load}) | {} / {} / {}\n",
+        ms(percentile(&lat.sorted, 0.50)),
+        ms(percentile(&lat.sorted, 0.95)),
+        ms(percentile(&lat.sorted, 0.99))
+    );
+    println!("{table}");
+    let held = scheduler_hold(200).await;
+    println!(
+        "kube-runtime's scheduler, a request due at once (200, 10 ms apart; the bench's debug build): held p50 / p99 / mean {:.2} / {:.2} / {:.2} ms",
+        percentile_ms(&held, 0.50),
+        percentile_ms(&held, 0.99),
+        mean_ms(&held)
+    );
 }
 
 /// An instance with 10 Credentials before and after 2000 foreign (not Bulkhead's) 64 KiB
@@ -1128,7 +1348,7 @@ async fn fleet() {
     progress("idle window done");
 
     let lat_load = load();
-    let lat = latencies(&admin, &namespaces[0], 200).await;
+    let lat = latencies(&admin, &namespaces[0], 200).await.sorted;
     let lat_load = format!("{lat_load}→{}", load());
     progress(&format!("create→Secret in {} done", namespaces[0]));
     for op in &mut fleet {
