@@ -8,6 +8,20 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+/// `bash hack/demo.sh` with `TMPDIR` set and the binaries this test run built (the demo must not
+/// start a second build).
+fn demo_command(tmp: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("hack/demo.sh"))
+        .env("TMPDIR", tmp)
+        .env("BULKHEAD_DEMO_BULKHEAD", cluster::operator_binary())
+        .env(
+            "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
+            dev_control_plane_binary(),
+        );
+    cmd
+}
+
 /// The dev control plane example: `BULKHEAD_E2E_DEV_CONTROL_PLANE`, else the one cargo built
 /// next to the `bulkhead` binary (`cargo test --all-targets`, hack/e2e.sh and hack/demo.sh
 /// build it).
@@ -138,16 +152,8 @@ async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_o
     std::fs::create_dir_all(&tmp).unwrap();
     let output = std::env::temp_dir().join(format!("{}.out", tmp.display()));
 
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo().join("hack/demo.sh"))
-        .args(["--for", "600"])
-        .env("TMPDIR", &tmp)
-        // The binaries this test run built: the demo must not start a second build.
-        .env("BULKHEAD_DEMO_BULKHEAD", cluster::operator_binary())
-        .env(
-            "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
-            dev_control_plane_binary(),
-        )
+    let mut cmd = demo_command(&tmp);
+    cmd.args(["--for", "600"])
         .env("BULKHEAD_E2E_ETCD", &binaries.etcd)
         .env("BULKHEAD_E2E_KUBE_APISERVER", &binaries.apiserver);
     if let Some(kcm) = &binaries.controller_manager {
@@ -399,17 +405,10 @@ async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_o
     // namespace that exists is refused (the demo deletes its namespace on exit); the CRDs are
     // served, so they are left alone; on exit the demo's namespace is deleted.
     let context_demo = |namespace: &str| {
-        Command::new("bash")
-            .arg(repo().join("hack/demo.sh"))
+        demo_command(&tmp)
             .args(["--context", "bulkhead-demo", "--namespace", namespace])
             .arg("--exit-when-ready")
             .env("KUBECONFIG", &kubeconfig)
-            .env("TMPDIR", &tmp)
-            .env("BULKHEAD_DEMO_BULKHEAD", &bulkhead)
-            .env(
-                "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
-                dev_control_plane_binary(),
-            )
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
@@ -494,17 +493,10 @@ async fn demo_into_an_existing_cluster_installs_crds_only_with_consent() {
     let tmp = cluster.dir.join("demo-tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let demo = |extra: &[&str]| {
-        Command::new("bash")
-            .arg(repo().join("hack/demo.sh"))
+        demo_command(&tmp)
             .args(["--context", "e2e", "--exit-when-ready"])
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
-            .env("TMPDIR", &tmp)
-            .env("BULKHEAD_DEMO_BULKHEAD", cluster::operator_binary())
-            .env(
-                "BULKHEAD_DEMO_DEV_CONTROL_PLANE",
-                dev_control_plane_binary(),
-            )
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
