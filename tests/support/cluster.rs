@@ -191,10 +191,18 @@ pub struct Process {
 }
 
 fn watchdog(pgid: u32) -> Option<Child> {
+    watch_groups(&[pgid], 1)
+}
+
+/// A shell that kills the process groups `pgids` once the test process is gone (polled every
+/// `every_s` seconds).
+fn watch_groups(pgids: &[u32], every_s: u32) -> Option<Child> {
+    let groups: Vec<String> = pgids.iter().map(|g| format!("-{g}")).collect();
     let script = format!(
         // env kill: dash's builtin cannot signal a process group.
-        "while kill -0 {} 2>/dev/null; do sleep 1; done; env kill -KILL -- -{pgid} 2>/dev/null",
-        std::process::id()
+        "while kill -0 {} 2>/dev/null; do sleep {every_s}; done; env kill -KILL -- {} 2>/dev/null",
+        std::process::id(),
+        groups.join(" ")
     );
     Command::new("sh")
         .args(["-c", &script])
@@ -358,22 +366,7 @@ pub struct GroupWatchdog(Option<Child>);
 
 impl GroupWatchdog {
     pub fn new(pgids: &[u32]) -> Self {
-        let groups: Vec<String> = pgids.iter().map(|g| format!("-{g}")).collect();
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 2; done; env kill -KILL -- {} 2>/dev/null",
-            std::process::id(),
-            groups.join(" ")
-        );
-        Self(
-            Command::new("sh")
-                .args(["-c", &script])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .ok(),
-        )
+        Self(watch_groups(pgids, 2))
     }
 }
 
