@@ -366,9 +366,7 @@ pub async fn run(
     }
     // Credentials issued by the control plane wait for the Tenant's link: retry them the
     // moment it comes up (or its identity rotates) instead of at their next requeue.
-    let link_changes = futures::stream::unfold(ctx.link.subscribe(), |mut rx| async move {
-        rx.changed().await.ok().map(|()| ((), rx))
-    });
+    let link_changes = changes(ctx.link.subscribe());
     let credential_controller = credential_controller
         .reconcile_all_on(link_changes)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -379,9 +377,7 @@ pub async fn run(
     let tenant_controller = tenant_base
         .reconcile_all_on(futures::stream::select(
             credential_changes.map(|_| ()),
-            futures::stream::unfold(deleted_rx, |mut rx| async move {
-                rx.changed().await.ok().map(|()| ((), rx))
-            }),
+            changes(deleted_rx),
         ))
         // A new or rotated identity is used at once: the Tenant reconcile swaps the client.
         .watches_stream(identity_watch, move |_secret| {
@@ -408,6 +404,15 @@ pub async fn run(
         () = undecodable_reports => {}
     }
     Ok(())
+}
+
+/// One item per change of a watch channel's value, until its sender is gone.
+fn changes<T: Send + Sync + 'static>(
+    rx: tokio::sync::watch::Receiver<T>,
+) -> impl Stream<Item = ()> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    })
 }
 
 /// What triggers a reconcile from an object's own watch: a change of its spec (generation), its
