@@ -31,3 +31,40 @@ find_control_plane() {
   E2E_CONTROL_PLANE="KUBEBUILDER_ASSETS is not set and there is no ../shared/envtest"
   return 1
 }
+
+# find_node: after find_control_plane, decides whether the pod scenarios (tests/e2e/pods.rs) can
+# run on a real node here (hack/node.sh: installs Debian's containerd, runc and CNI plugins when
+# missing and root, then checks). Returns 0 with BULKHEAD_E2E_NODE=1 exported and E2E_NODE
+# describing it; returns 1 with E2E_NODE saying why not (the scenarios then show as ignored).
+# BULKHEAD_E2E_NODE=0 set beforehand turns the node off on purpose.
+find_node() {
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  if [[ "${BULKHEAD_E2E_NODE:-}" == 0 ]]; then
+    E2E_NODE="BULKHEAD_E2E_NODE=0 (turned off)"
+    return 1
+  fi
+  if ! bash "$root/hack/node.sh" install >&2; then
+    E2E_NODE="hack/node.sh install failed (needs root and apt-get, or the packages installed)"
+    return 1
+  fi
+  local why
+  if ! why="$(bash "$root/hack/node.sh" check)"; then
+    E2E_NODE="$why"
+    return 1
+  fi
+  export BULKHEAD_E2E_NODE=1
+  # shellcheck disable=SC2034 # read by the scripts that source this file
+  E2E_NODE="containerd $(containerd --version 2>/dev/null | awk '{print $3}'), kubelet from ${KUBEBUILDER_ASSETS:-the control plane folder}"
+  return 0
+}
+
+# build_images: the operator image from the release binary (hack/image.sh operator, as the
+# Dockerfile builds it) and the test workload image, for the pod scenarios; exports
+# BULKHEAD_E2E_OPERATOR_IMAGE.
+build_images() {
+  local root out
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  out="$(bash "$root/hack/image.sh" operator)" || return 1
+  export BULKHEAD_E2E_OPERATOR_IMAGE="$out"
+}

@@ -6,6 +6,8 @@
 #   BULKHEAD_E2E_ETCD, BULKHEAD_E2E_KUBE_APISERVER, BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER
 #   KUBEBUILDER_ASSETS   a folder with etcd, kube-apiserver, kube-controller-manager (envtest)
 #   ../shared/envtest    beside the repository (unpacked once)
+# A real node for the pod scenarios (hack/node.sh) when this machine can start one; the
+# operator image from the release build unless BULKHEAD_E2E_OPERATOR_IMAGE names one.
 # Optional: BULKHEAD_E2E_KEEP=1 keeps each test's directory (logs, audit.log, kubeconfigs);
 # BULKHEAD_E2E_TMPDIR puts those directories elsewhere than $TMPDIR. Extra arguments go to
 # the test binary (e.g. a test name filter).
@@ -28,6 +30,15 @@ done
 
 hack/install-tools.sh >/dev/null
 export PATH="${BULKHEAD_TOOLS_DIR:-$root/.tools}/bin:$PATH"
+if find_node; then
+  echo "e2e: the pod scenarios run on a real node ($E2E_NODE)" >&2
+  if [[ -z "${BULKHEAD_E2E_OPERATOR_IMAGE:-}" ]]; then
+    echo "e2e: building the operator image (hack/image.sh operator: the release build)" >&2
+    build_images
+  fi
+else
+  echo "e2e: NO NODE ($E2E_NODE): the pod scenarios show as ignored" >&2
+fi
 
 # The operator runs from a private copy: a build of another checkout into a shared
 # CARGO_TARGET_DIR would otherwise replace target/debug/bulkhead under the running suite.

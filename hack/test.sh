@@ -4,6 +4,10 @@
 #   2. a control plane for the end-to-end suite: KUBEBUILDER_ASSETS (or the BULKHEAD_E2E_*
 #      binaries) when set, else ../shared/envtest unpacked once; without any, the e2e tests are
 #      reported by cargo as ignored, with the reason
+#   2b. a real node for the pod scenarios (hack/node.sh: Debian's containerd, runc and CNI
+#      plugins installed when missing) and the operator image from the release binary
+#      (hack/image.sh operator); without a node those scenarios show as ignored, with the
+#      reason, unless BULKHEAD_REQUIRE_NODE=1 (CI sets it), which makes that a failure
 #   3. cargo test: unit tests, CRD/CEL tests (and the crds-cluster/ drift check), controller
 #      scenarios against the in-process API double, chart tests with the real helm binary, and
 #      the e2e suite against the real kube-apiserver
@@ -18,6 +22,17 @@ export PATH="${BULKHEAD_TOOLS_DIR:-$root/.tools}/bin:$PATH"
 source hack/control-plane.sh
 if find_control_plane; then
   echo "test: the e2e suite runs against $E2E_CONTROL_PLANE"
+  if find_node; then
+    echo "test: the pod scenarios run on a real node ($E2E_NODE)"
+    echo "test: building the operator image (hack/image.sh operator: cargo build --release, several minutes on a fresh machine)"
+    build_images
+    echo "test: operator image $BULKHEAD_E2E_OPERATOR_IMAGE"
+  elif [[ "${BULKHEAD_REQUIRE_NODE:-}" == 1 ]]; then
+    echo "test: NO NODE ($E2E_NODE), and BULKHEAD_REQUIRE_NODE=1: failing" >&2
+    exit 1
+  else
+    echo "test: NO NODE ($E2E_NODE): the pod scenarios will show as ignored"
+  fi
 else
   echo "test: NO CONTROL PLANE ($E2E_CONTROL_PLANE): the e2e tests will show as ignored"
 fi

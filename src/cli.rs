@@ -389,6 +389,9 @@ async fn run(args: RunArgs) -> Result<()> {
             identity: process_identity(args.pod_name),
             lease_duration: args.lease_duration,
             renew_grace: args.lease_renew_grace,
+            owner: std::fs::read_to_string(crate::leader::TOKEN_PATH)
+                .ok()
+                .and_then(|token| crate::leader::service_account_owner(&token, &namespace)),
         },
         rbac: args.role.rbac_options(),
         namespace,

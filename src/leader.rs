@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -57,6 +58,39 @@ pub struct LeaderConfig {
     pub lease_duration: Duration,
     /// How long before expiry the holder renews.
     pub renew_grace: Duration,
+    /// The owner a Lease this process creates gets: the pod's ServiceAccount (see
+    /// [`service_account_owner`]), so the Lease goes with the release. `None` out of cluster.
+    pub owner: Option<OwnerReference>,
+}
+
+/// Where the kubelet mounts the pod's ServiceAccount token (in-cluster configuration).
+pub const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The pod's ServiceAccount in `namespace` as an owner reference, from the claims of its own
+/// token (`kubernetes.io.serviceaccount.{name,uid}`; the token is not verified: it is this
+/// process's own credential, and a wrong claim could only misname the owner of a Lease the
+/// API server then refuses or collects). `helm uninstall` deletes the ServiceAccount, and the
+/// garbage collector the Lease with it: nothing of the release stays. No `blockOwnerDeletion`,
+/// so no right on the ServiceAccount is needed.
+pub fn service_account_owner(token: &str, namespace: &str) -> Option<OwnerReference> {
+    use base64::Engine as _;
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let kubernetes = &claims["kubernetes.io"];
+    if kubernetes["namespace"].as_str()? != namespace {
+        return None;
+    }
+    let account = &kubernetes["serviceaccount"];
+    Some(OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "ServiceAccount".to_owned(),
+        name: account["name"].as_str()?.to_owned(),
+        uid: account["uid"].as_str()?.to_owned(),
+        ..OwnerReference::default()
+    })
 }
 
 impl LeaderConfig {
@@ -466,6 +500,7 @@ impl Elector {
             metadata: kube::api::ObjectMeta {
                 name: Some(self.config.lease_name.clone()),
                 namespace: Some(self.config.namespace.clone()),
+                owner_references: self.config.owner.clone().map(|owner| vec![owner]),
                 ..Default::default()
             },
             spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
@@ -702,6 +737,66 @@ mod tests {
         Client::new(service, "team-a")
     }
 
+    /// The claims a kube-apiserver puts in a projected ServiceAccount token (v1.36).
+    fn token(namespace: &str) -> String {
+        use base64::Engine as _;
+        let claims = json!({
+            "aud": ["https://kubernetes.default.svc"],
+            "iss": "https://kubernetes.default.svc",
+            "sub": format!("system:serviceaccount:{namespace}:bulkhead"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "node": {"name": "node-1", "uid": "0a1b"},
+                "pod": {"name": "bulkhead-5cd9cfff46-8skjj", "uid": "07b4"},
+                "serviceaccount": {"name": "bulkhead", "uid": "5f3c2d1e-aaaa-bbbb-cccc-0123456789ab"}
+            }
+        });
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.{}\n",
+            b64(br#"{"alg":"RS256","kid":"k"}"#),
+            b64(claims.to_string().as_bytes()),
+            b64(b"signature")
+        )
+    }
+
+    #[test]
+    fn the_lease_owner_is_the_service_account_of_the_pods_own_token() {
+        let owner = service_account_owner(&token("team-a"), "team-a").unwrap();
+        assert_eq!(
+            (
+                owner.api_version.as_str(),
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str()
+            ),
+            (
+                "v1",
+                "ServiceAccount",
+                "bulkhead",
+                "5f3c2d1e-aaaa-bbbb-cccc-0123456789ab"
+            )
+        );
+        assert_eq!(
+            owner.block_owner_deletion, None,
+            "no right on the ServiceAccount needed"
+        );
+        // An owner must live in the Lease's namespace; anything unreadable gives none.
+        assert_eq!(service_account_owner(&token("team-b"), "team-a"), None);
+        assert_eq!(service_account_owner("not-a-jwt", "team-a"), None);
+        assert_eq!(service_account_owner("a.%%%.c", "team-a"), None);
+    }
+
+    #[tokio::test]
+    async fn a_created_lease_names_its_owner() {
+        let (mut elector, _, _) = elector();
+        elector.config.owner = service_account_owner(&token("team-a"), "team-a");
+        let lease = elector.new_lease();
+        let owners = lease.metadata.owner_references.unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "ServiceAccount");
+    }
+
     #[test]
     fn a_standby_retries_from_two_periods_doubling_to_the_grace_or_32_periods() {
         let retries = |duration: u64, grace_ms: u64| {
@@ -712,6 +807,7 @@ mod tests {
                 identity: "me".into(),
                 lease_duration: Duration::from_secs(duration),
                 renew_grace: Duration::from_millis(grace_ms),
+                owner: None,
             };
             let schedule = config.standby_retries();
             (1..=7)
@@ -741,6 +837,7 @@ mod tests {
             identity: "me".into(),
             lease_duration: D,
             renew_grace: G,
+            owner: None,
         };
         let (tx, rx) = watch::channel(false);
         let fence = Fence::default();

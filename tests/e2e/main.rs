@@ -19,6 +19,7 @@ mod bad_input;
 mod chaos;
 mod data_safety;
 mod demo;
+mod pods;
 
 use std::collections::BTreeMap;
 use std::process::Command;

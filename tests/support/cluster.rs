@@ -37,6 +37,20 @@ pub const ENV_CONTROLLER_MANAGER: &str = "BULKHEAD_E2E_KUBE_CONTROLLER_MANAGER";
 /// Keep the temporary directory (logs, audit log, kubeconfigs) after the run.
 pub const ENV_KEEP: &str = "BULKHEAD_E2E_KEEP";
 
+/// `1` when hack/test.sh (or hack/e2e.sh) found that this machine can start a node
+/// (`hack/node.sh check`): `build.rs` then compiles the pod scenarios in; without it they are
+/// ignored with the reason, never passed.
+pub const ENV_NODE: &str = "BULKHEAD_E2E_NODE";
+/// The operator image (a docker archive from `hack/image.sh operator`, tagged [`OPERATOR_IMAGE`]).
+pub const ENV_OPERATOR_IMAGE: &str = "BULKHEAD_E2E_OPERATOR_IMAGE";
+/// The node's address: the bridge `hack/node.sh` makes. The API server advertises it, so the
+/// `kubernetes` Service leads pods there; pod traffic never leaves this machine.
+pub const NODE_IP: &str = "10.244.0.1";
+pub const NODE_NAME: &str = "bulkhead-node";
+/// The image tags `hack/image.sh` gives by default; pods use them with `imagePullPolicy: Never`.
+pub const OPERATOR_IMAGE: &str = "bulkhead.local/bulkhead:dev";
+pub const WORKLOAD_IMAGE: &str = "bulkhead.local/workload:dev";
+
 /// The service account issuer; `kubectl create token` tokens carry it.
 const ISSUER: &str = "https://kubernetes.default.svc";
 /// A /16: a fleet of hundreds of releases has a Service (a ClusterIP) each; a /24 runs out at 254.
@@ -463,7 +477,10 @@ pub fn one_control_plane_at_a_time() -> ControlPlaneSlot {
 pub struct Cluster {
     /// One control plane at a time in this process: the suite runs under a plain `cargo test`,
     /// whose test threads would otherwise start several on a 2-core machine.
-    _one_at_a_time: ControlPlaneSlot,
+    /// [`Cluster::let_others_run`] gives it up early, for a long idle wait.
+    one_at_a_time: Option<ControlPlaneSlot>,
+    /// One node at a time on this machine (its bridge and iptables chains are machine-wide).
+    _one_node: Option<std::sync::MutexGuard<'static, ()>>,
     pub dir: PathBuf,
     binaries: Binaries,
     etcd: Option<Process>,
@@ -472,6 +489,9 @@ pub struct Cluster {
     pub api_port: u16,
     etcd_port: u16,
     admin_token: String,
+    /// A real node (kubelet, containerd, scheduler, kube-proxy), when started with one.
+    node: Option<Node>,
+    with_node: bool,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -482,6 +502,36 @@ impl Cluster {
     /// Start etcd, kube-apiserver and, when configured, kube-controller-manager; returns when
     /// the API server is ready (and the controller manager healthy).
     pub fn start(binaries: Binaries) -> Self {
+        Self::start_inner(binaries, false)
+    }
+
+    /// [`Cluster::start`] plus one real node (`hack/node.sh up`): the API server advertises
+    /// [`NODE_IP`] and authorizes the kubelet (Node,RBAC), and pods run. The operator and
+    /// workload images are imported ([`Cluster::import_images`]). Needs `cfg(bulkhead_node)`:
+    /// tests that call this are compiled as ignored without it.
+    pub fn start_with_node(binaries: Binaries) -> Self {
+        assert!(
+            binaries.controller_manager.is_some(),
+            "a node needs the controller manager (ServiceAccount tokens, the root CA ConfigMap)"
+        );
+        static ONE_NODE: Mutex<()> = Mutex::new(());
+        let one_node = ONE_NODE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cluster = Self::start_inner(binaries, true);
+        cluster._one_node = Some(one_node);
+        cluster.start_node();
+        cluster
+    }
+
+    /// Give up this cluster's turn: the next test's control plane may start beside this one.
+    /// For a test whose remaining work is a long, idle wait (a kubelet's token refresh), so
+    /// that the suite does not wait with it. A node stays exclusive.
+    pub fn let_others_run(&mut self) {
+        self.one_at_a_time = None;
+    }
+
+    fn start_inner(binaries: Binaries, with_node: bool) -> Self {
         let one_at_a_time = one_control_plane_at_a_time();
         let started = Instant::now();
         let dir = unique_dir("bulkhead-e2e");
@@ -521,9 +571,11 @@ impl Cluster {
                 "apiserver.csr",
             ],
         );
+        // Pods reach the API server at the node's address (kube-proxy leads the `kubernetes`
+        // Service there) or at 10.0.0.1 (the Service): both are in the certificate.
         fs::write(
             pki.join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+            format!("subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:{NODE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"),
         )
         .unwrap();
         openssl(
@@ -546,6 +598,50 @@ impl Cluster {
                 "apiserver.crt",
             ],
         );
+        if with_node {
+            // The API server's client certificate for the kubelet (logs, exec, stats): the
+            // kubelet trusts the cluster CA's clients. X.509 v3, as every certificate here.
+            openssl(
+                &pki,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/O=system:masters/CN=kube-apiserver-kubelet-client",
+                    "-keyout",
+                    "kubelet-client.key",
+                    "-out",
+                    "kubelet-client.csr",
+                ],
+            );
+            fs::write(
+                pki.join("client.ext"),
+                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+            )
+            .unwrap();
+            openssl(
+                &pki,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "kubelet-client.csr",
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "client.ext",
+                    "-out",
+                    "kubelet-client.crt",
+                ],
+            );
+        }
         openssl(&pki, &["genrsa", "-out", "sa.key", "2048"]);
         openssl(&pki, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
         let admin_token = run_ok(Command::new("openssl").args(["rand", "-hex", "24"]))
@@ -566,7 +662,8 @@ impl Cluster {
         let etcd_port = free_port();
         let api_port = free_port();
         let mut cluster = Self {
-            _one_at_a_time: one_at_a_time,
+            one_at_a_time: Some(one_at_a_time),
+            _one_node: None,
             dir,
             binaries,
             etcd: None,
@@ -575,6 +672,8 @@ impl Cluster {
             api_port,
             etcd_port,
             admin_token,
+            node: None,
+            with_node,
         };
         cluster.write_kubeconfig(
             &cluster.admin_kubeconfig(),
@@ -630,9 +729,26 @@ impl Cluster {
         let pki = self.dir.join("pki");
         let p = |f: &str| pki.join(f).display().to_string();
         let mut cmd = Command::new(&self.binaries.apiserver);
-        cmd.arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={}", self.api_port))
+        if self.with_node {
+            // Pods reach it through the `kubernetes` Service, whose endpoint is the advertised
+            // address (loopback cannot be one): the node's bridge address. The kubelet is
+            // authorized by the Node authorizer, and reached by its InternalIP with a client
+            // certificate it trusts.
+            cmd.arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={NODE_IP}"))
+                .arg("--authorization-mode=Node,RBAC")
+                .arg(format!(
+                    "--kubelet-client-certificate={}",
+                    p("kubelet-client.crt")
+                ))
+                .arg(format!("--kubelet-client-key={}", p("kubelet-client.key")))
+                .arg("--kubelet-preferred-address-types=InternalIP");
+        } else {
+            cmd.arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg("--authorization-mode=RBAC");
+        }
+        cmd.arg(format!("--secure-port={}", self.api_port))
             .arg(format!(
                 "--etcd-servers=http://127.0.0.1:{}",
                 self.etcd_port
@@ -645,7 +761,6 @@ impl Cluster {
             .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
             .arg(format!("--client-ca-file={}", p("ca.crt")))
             .arg(format!("--token-auth-file={}", p("tokens.csv")))
-            .arg("--authorization-mode=RBAC")
             .arg(format!("--service-account-issuer={ISSUER}"))
             .arg(format!("--service-account-key-file={}", p("sa.pub")))
             .arg(format!(
@@ -736,17 +851,31 @@ impl Cluster {
         let p = |f: &str| pki.join(f).display().to_string();
         let kubeconfig = self.admin_kubeconfig().display().to_string();
         let port = free_port();
+        // This kube-controller-manager's tree (OpenShift's fork, see ../shared/envtest) adds
+        // the `openshift-service-ca.crt` ConfigMap to every pod's token volume; with a node,
+        // its publisher must run or no pod can mount its token.
+        let controllers = if self.with_node {
+            "--controllers=*,-bootstrapsigner,-tokencleaner"
+        } else {
+            "--controllers=*,-bootstrapsigner,-tokencleaner,-service-ca-certificate-publisher-controller"
+        };
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--kubeconfig={kubeconfig}"))
             .arg(format!("--authentication-kubeconfig={kubeconfig}"))
             .arg(format!("--authorization-kubeconfig={kubeconfig}"))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))
-            .arg(format!("--cert-dir={}", pki.join("kcm-generated").display()))
-            .arg("--controllers=*,-bootstrapsigner,-tokencleaner,-service-ca-certificate-publisher-controller")
+            .arg(format!(
+                "--cert-dir={}",
+                pki.join("kcm-generated").display()
+            ))
+            .arg(controllers)
             .arg("--use-service-account-credentials")
             .arg("--leader-elect=false")
-            .arg(format!("--service-account-private-key-file={}", p("sa.key")))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                p("sa.key")
+            ))
             .arg(format!("--root-ca-file={}", p("ca.crt")))
             .arg(format!("--cluster-signing-cert-file={}", p("ca.crt")))
             .arg(format!("--cluster-signing-key-file={}", p("ca.key")))
@@ -1053,7 +1182,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Reverse start order; each Process drop kills its group.
+        // Reverse start order; each Process drop kills its group. The node first, while the
+        // API server still answers (its teardown needs none of it, but the kubelet is quieter).
+        drop(self.node.take());
         drop(self.controller_manager.take());
         drop(self.apiserver.take());
         drop(self.etcd.take());
@@ -1281,6 +1412,20 @@ impl Operator {
 pub struct AuditUser {
     #[serde(default)]
     pub username: String,
+    /// e.g. `authentication.kubernetes.io/credential-id: ["JTI=…"]`: which token it was.
+    #[serde(default)]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl AuditUser {
+    /// The ID of the credential the request was authenticated with (a ServiceAccount token's
+    /// `JTI=…`), if the API server recorded one.
+    pub fn credential_id(&self) -> Option<&str> {
+        self.extra
+            .get("authentication.kubernetes.io/credential-id")?
+            .first()
+            .map(String::as_str)
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1586,5 +1731,271 @@ impl Cluster {
             );
             tokio::time::sleep(AUDIT_POLL).await;
         }
+    }
+}
+
+// ---- a real node -------------------------------------------------------------------------------
+
+/// `hack/node.sh` with the tools directory first on `PATH` (it calls `kubectl`).
+pub fn node_script() -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("hack").join("node.sh"));
+    let kubectl_dir = tool("kubectl")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![kubectl_dir];
+    dirs.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(dirs).unwrap());
+    cmd
+}
+
+/// What `hack/node.sh leftovers` finds of any node on this machine (processes, containers,
+/// mounts, network namespaces, links, iptables rules, cgroups): empty when nothing is left.
+pub fn node_leftovers() -> String {
+    let out = run(node_script().arg("leftovers"));
+    if out.status.success() {
+        String::new()
+    } else {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+/// The node `hack/node.sh up` started for a [`Cluster`]; `hack/node.sh down` on drop, and from
+/// a watchdog shell if the test process dies first.
+pub struct Node {
+    dir: PathBuf,
+    watchdog: Option<Child>,
+    /// containerd, kubelet Ready, scheduler and kube-proxy up.
+    pub started_in: Duration,
+}
+
+impl Node {
+    fn down(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let out = run(node_script().arg("down").arg(&self.dir));
+        if !out.status.success() {
+            eprintln!(
+                "e2e: hack/node.sh down failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A docker archive of the operator image: `BULKHEAD_E2E_OPERATOR_IMAGE` (hack/test.sh and
+/// hack/e2e.sh build it from the release binary with `hack/image.sh operator`), else built
+/// here by the same script from [`operator_binary`] (the debug build cargo made for this run).
+pub fn operator_image_archive() -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    if let Some(path) = std::env::var_os(ENV_OPERATOR_IMAGE).filter(|v| !v.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let out = unique_dir("bulkhead-image").join("operator.tar");
+    eprintln!(
+        "e2e: {ENV_OPERATOR_IMAGE} unset: building the operator image from {}",
+        operator_binary().display()
+    );
+    run_ok(
+        Command::new("bash")
+            .arg(repo().join("hack").join("image.sh"))
+            .args(["operator", "--binary"])
+            .arg(operator_binary())
+            .arg("--out")
+            .arg(&out),
+    );
+    *built = Some(out.clone());
+    out
+}
+
+/// A docker archive of the test workload image (busybox), built once per test process.
+pub fn workload_image_archive() -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let out = unique_dir("bulkhead-image").join("workload.tar");
+    run_ok(
+        Command::new("bash")
+            .arg(repo().join("hack").join("image.sh"))
+            .args(["workload", "--out"])
+            .arg(&out),
+    );
+    *built = Some(out.clone());
+    out
+}
+
+impl Cluster {
+    fn start_node(&mut self) {
+        let started = Instant::now();
+        let pki = self.dir.join("pki");
+        let mut up = node_script();
+        up.arg("up")
+            .arg(&self.dir)
+            .env("NODE_SERVER", self.server())
+            .env("NODE_KUBECONFIG", self.admin_kubeconfig())
+            .env("NODE_CA_CRT", pki.join("ca.crt"))
+            .env("NODE_CA_KEY", pki.join("ca.key"));
+        if let Some(assets) = std::env::var_os(ENV_ASSETS) {
+            up.env(ENV_ASSETS, assets);
+        } else if let Some(dir) = self.binaries.apiserver.parent() {
+            // The node binaries sit beside the control plane's.
+            up.env(ENV_ASSETS, dir);
+        }
+        // Registered before `up` runs: a half-started node is torn down as well.
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; bash {} down {}",
+            std::process::id(),
+            repo().join("hack").join("node.sh").display(),
+            self.dir.display()
+        );
+        let watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .ok();
+        self.node = Some(Node {
+            dir: self.dir.clone(),
+            watchdog,
+            started_in: Duration::ZERO,
+        });
+        let out = run(&mut up);
+        assert!(
+            out.status.success(),
+            "hack/node.sh up failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let took = started.elapsed();
+        if let Some(node) = self.node.as_mut() {
+            node.started_in = took;
+        }
+        eprintln!("e2e: node {NODE_NAME} Ready in {:.1}s", took.as_secs_f64());
+        self.import_images(&[operator_image_archive(), workload_image_archive()]);
+    }
+
+    /// The node, when the cluster was started with one.
+    pub fn node(&self) -> &Node {
+        self.node
+            .as_ref()
+            .expect("the cluster has no node: Cluster::start_with_node")
+    }
+
+    /// Load docker archives into the node's containerd (`hack/node.sh import`).
+    pub fn import_images(&self, archives: &[PathBuf]) {
+        let mut cmd = node_script();
+        cmd.arg("import").arg(&self.dir).args(archives);
+        run_ok(&mut cmd);
+    }
+
+    /// `helm` as cluster admin.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(tool("helm"));
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            self.admin_kubeconfig().display()
+        ));
+        cmd
+    }
+
+    /// A namespace whose Pod Security admission enforces `restricted` (latest).
+    pub fn create_restricted_namespace(&self, namespace: &str) {
+        self.kubectl_ok(&["create", "namespace", namespace]);
+        self.kubectl_ok(&[
+            "label",
+            "namespace",
+            namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ]);
+    }
+
+    /// The chart's values that run the image this suite imported into the node, with the API
+    /// server's endpoint for the NetworkPolicy (the node's address).
+    pub fn pod_values() -> Vec<String> {
+        let (repository, tag) = OPERATOR_IMAGE.rsplit_once(':').unwrap();
+        vec![
+            format!("image.repository={repository}"),
+            format!("image.tag={tag}"),
+            "image.pullPolicy=Never".to_owned(),
+            format!("networkPolicy.apiServer.cidrs={{{NODE_IP}/32}}"),
+        ]
+    }
+
+    /// `helm install bulkhead ./chart -n NAMESPACE --wait` (a real install: a release record,
+    /// hooks, readiness) with [`Cluster::pod_values`] and `set`. Returns the release and how
+    /// long helm took until the Deployment was ready.
+    pub fn helm_install(&self, namespace: &str, set: &[&str]) -> (Release, Duration) {
+        let started = Instant::now();
+        let mut helm = self.helm();
+        helm.args(["install", "bulkhead"])
+            .arg(repo().join("chart"))
+            .args(["--namespace", namespace, "--wait", "--timeout", "180s"]);
+        for value in Self::pod_values()
+            .iter()
+            .map(String::as_str)
+            .chain(set.iter().copied())
+        {
+            helm.args(["--set", value]);
+        }
+        run_ok(&mut helm);
+        let took = started.elapsed();
+        let rendered =
+            run_ok(
+                self.helm()
+                    .args(["get", "manifest", "bulkhead", "--namespace", namespace]),
+            );
+        (
+            Release {
+                namespace: namespace.to_owned(),
+                name: "bulkhead".to_owned(),
+                service_account: "bulkhead".to_owned(),
+                rendered,
+            },
+            took,
+        )
+    }
+
+    /// `helm upgrade bulkhead ./chart --wait` with [`Cluster::pod_values`] and `set` (the
+    /// values are given whole, as `helm upgrade` without `--reuse-values` takes them).
+    pub fn helm_upgrade(&self, namespace: &str, set: &[&str]) {
+        let mut helm = self.helm();
+        helm.args(["upgrade", "bulkhead"])
+            .arg(repo().join("chart"))
+            .args(["--namespace", namespace, "--wait", "--timeout", "180s"]);
+        for value in Self::pod_values()
+            .iter()
+            .map(String::as_str)
+            .chain(set.iter().copied())
+        {
+            helm.args(["--set", value]);
+        }
+        run_ok(&mut helm);
     }
 }

@@ -109,6 +109,7 @@ pub fn start_on(
             identity: identity.into(),
             lease_duration,
             renew_grace,
+            owner: None,
         },
         rbac,
         drain_timeout: Duration::from_secs(5),
