@@ -5,10 +5,15 @@
 #   2. starts a throwaway etcd + kube-apiserver + kube-controller-manager from KUBEBUILDER_ASSETS
 #      (else ../shared/envtest, as hack/test.sh does) with openssl-made certificates, all on
 #      free loopback ports, in a temporary directory
-#   3. applies crds-cluster/ (the cluster admin's step), renders the chart with helm into
-#      namespace demo and applies it (the team's step)
-#   4. runs `bulkhead run` locally with a token of the chart's ServiceAccount, i.e. with exactly
-#      the chart's Role, and the development control plane (mTLS) with the identity Secret
+#   3. applies crds-cluster/ (the cluster admin's step)
+#   4. the operator as users run it, when this machine can start a node (hack/node.sh check:
+#      root, Debian's containerd/runc/CNI plugins, kubelet beside the control plane): one real
+#      node (hack/node.sh), the operator image built from the binary (hack/image.sh), and
+#      `helm install` of the chart into namespace demo (labelled Pod Security `restricted`);
+#      the pod reaches the API server through the `kubernetes` Service. Otherwise (or with
+#      --process) the fallback: the chart rendered with helm and applied, and `bulkhead run` as
+#      a local process with a token of the chart's ServiceAccount (exactly the chart's Role).
+#      Either way the development control plane (mTLS) with the identity Secret
 #   5. creates the Tenant and one Credential of each type, waits until all are Ready, prints
 #      what to look at (Secret keys, never values) and a kubeconfig, and runs until Ctrl-C
 #   6. on exit (Ctrl-C, an error, --for, --exit-when-ready) stops every process group it started
@@ -18,7 +23,7 @@
 # must not exist yet; the CRDs only with --install-crds) and removes the namespace on exit.
 #
 # Usage: hack/demo.sh [--context NAME [--install-crds]] [--namespace NS] [--for SECONDS]
-#                     [--exit-when-ready] [--keep] [--no-build]
+#                     [--exit-when-ready] [--keep] [--no-build] [--process]
 #   BULKHEAD_TOOLS_DIR           where hack/install-tools.sh put helm and kubectl
 #   BULKHEAD_DEMO_BULKHEAD       a prebuilt bulkhead binary (implies no build of it)
 #   BULKHEAD_DEMO_DEV_CONTROL_PLANE  a prebuilt dev-control-plane example binary
@@ -35,6 +40,7 @@ run_for=""
 exit_when_ready=false
 keep=false
 build=true
+force_process=false
 while (($#)); do
   case "$1" in
     --context) context="${2:?--context needs a kubeconfig context name}"; shift 2 ;;
@@ -47,6 +53,7 @@ while (($#)); do
     --exit-when-ready) exit_when_ready=true; shift ;;
     --keep) keep=true; shift ;;
     --no-build) build=false; shift ;;
+    --process) force_process=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "demo: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -67,6 +74,7 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 # ---- cleanup: every process group we start, the temporary directory ---------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-demo.XXXXXX")"
 pids=()          # process-group leaders, in start order
+node_started=false
 created_namespace=false
 cleaned=false
 cleanup() {
@@ -74,6 +82,10 @@ cleanup() {
   cleaned=true
   trap '' INT TERM
   say "stopping everything this demo started"
+  if $node_started; then
+    say "stopping the node (hack/node.sh down: containers, mounts, network, iptables)"
+    bash "$root/hack/node.sh" down "$work" >"$work/node-down.log" 2>&1 || { cat "$work/node-down.log" >&2 || true; }
+  fi
   local i pid
   # Reverse start order: the operator releases its Lease while the API server still runs.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -169,6 +181,30 @@ cp "$devcp" "$work/bin/dev-control-plane"
 bulkhead="$work/bin/bulkhead"
 devcp="$work/bin/dev-control-plane"
 
+# ---- pod or process ---------------------------------------------------------------------------
+# The operator runs as a pod from its image on a real node when this machine can start one; a
+# local process otherwise. An existing cluster (--context) cannot load a local image: process.
+readonly NODE_IP=10.244.0.1
+mode=process
+if [[ -z "$context" ]] && ! $force_process; then
+  if [[ -z "${KUBEBUILDER_ASSETS:-}" ]]; then
+    # shellcheck source=hack/control-plane.sh
+    source hack/control-plane.sh
+    find_control_plane >/dev/null 2>&1 || true
+  fi
+  if [[ -z "${KUBEBUILDER_ASSETS:-}" && -n "${BULKHEAD_E2E_KUBE_APISERVER:-}" ]]; then
+    # The node binaries sit beside the control plane's.
+    KUBEBUILDER_ASSETS="$(dirname "$BULKHEAD_E2E_KUBE_APISERVER")"
+    export KUBEBUILDER_ASSETS
+  fi
+  if why="$(bash hack/node.sh check)"; then
+    mode=pod
+    say "the operator runs as a pod from its image, on a real node started here (hack/node.sh)"
+  else
+    say "the operator runs as a local process (no node here: $why; hack/node.sh install brings the runtime)"
+  fi
+fi
+
 # ---- the cluster ------------------------------------------------------------------------------
 kubeconfig="$work/kubeconfig"        # what the user points kubectl at (cluster admin)
 write_kubeconfig() { # PATH SERVER CA USER TOKEN NAMESPACE
@@ -210,11 +246,16 @@ if [[ -z "$context" ]]; then
     cd "$pki"
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bulkhead-demo-ca -keyout ca.key -out ca.crt
     openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr
-    printf '%s\n' "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
       "extendedKeyUsage=serverAuth" "keyUsage=digitalSignature,keyEncipherment" >san.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out apiserver.crt
     openssl genrsa -out sa.key 2048
     openssl rsa -in sa.key -pubout -out sa.pub
+    # The API server's client certificate for the kubelet (logs, stats), X.509 v3.
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+      -keyout kubelet-client.key -out kubelet-client.csr
+    printf '%s\n' "extendedKeyUsage=clientAuth" "keyUsage=critical,digitalSignature,keyEncipherment" >client.ext
+    openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out kubelet-client.crt
   ) >"$work/openssl.log" 2>&1 || { cat "$work/openssl.log" >&2; die "openssl failed"; }
   admin_token="$(openssl rand -hex 24)"
   printf '%s,admin,admin-uid,"system:masters"\n' "$admin_token" >"$pki/tokens.csv"
@@ -235,11 +276,25 @@ if [[ -z "$context" ]]; then
   # shellcheck disable=SC2154 # set by start
   wait_for "etcd" 60 "$pid_etcd" "$work/etcd.log" curl -sf "http://127.0.0.1:$etcd_port/health"
 
-  start kube_apiserver "$apiserver_bin" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+  if [[ "$mode" == pod ]]; then
+    # Pods reach it through the kubernetes Service, whose endpoint is the advertised address
+    # (the node's bridge); the kubelet is authorized by the Node authorizer.
+    # shellcheck disable=SC2054 # Node,RBAC is one flag value
+    api_mode=(--bind-address=0.0.0.0 --advertise-address="$NODE_IP" --authorization-mode=Node,RBAC
+      --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key"
+      --kubelet-preferred-address-types=InternalIP)
+    # This tree's controller manager adds openshift-service-ca.crt to pods' token volumes: its
+    # publisher must run for a pod to start.
+    kcm_controllers='*,-bootstrapsigner,-tokencleaner'
+  else
+    api_mode=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --authorization-mode=RBAC)
+    kcm_controllers='*,-bootstrapsigner,-tokencleaner,-service-ca-certificate-publisher-controller'
+  fi
+  start kube_apiserver "$apiserver_bin" "${api_mode[@]}" \
     --secure-port="$api_port" --etcd-servers="http://127.0.0.1:$etcd_port" \
     --cert-dir="$pki/apiserver-generated" --tls-cert-file="$pki/apiserver.crt" \
     --tls-private-key-file="$pki/apiserver.key" --client-ca-file="$pki/ca.crt" \
-    --token-auth-file="$pki/tokens.csv" --authorization-mode=RBAC \
+    --token-auth-file="$pki/tokens.csv" \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range=10.0.0.0/24
   # shellcheck disable=SC2154 # set by start
@@ -250,7 +305,7 @@ if [[ -z "$context" ]]; then
   start kube_controller_manager "$kcm_bin" --kubeconfig="$kubeconfig" \
     --authentication-kubeconfig="$kubeconfig" --authorization-kubeconfig="$kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$pki/kcm-generated" \
-    --controllers='*,-bootstrapsigner,-tokencleaner,-service-ca-certificate-publisher-controller' \
+    --controllers="$kcm_controllers" \
     --use-service-account-credentials --leader-elect=false \
     --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
     --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
@@ -259,6 +314,21 @@ if [[ -z "$context" ]]; then
   wait_for "kube-controller-manager" 120 "$pid_kube_controller_manager" "$work/kube_controller_manager.log" \
     curl -ksf "https://127.0.0.1:$kcm_port/healthz"
   say "control plane up at $server"
+
+  if [[ "$mode" == pod ]]; then
+    say "starting a node: containerd, kubelet, kube-scheduler, kube-proxy (hack/node.sh up)"
+    node_started=true
+    NODE_SERVER="$server" NODE_KUBECONFIG="$kubeconfig" NODE_CA_CRT="$pki/ca.crt" NODE_CA_KEY="$pki/ca.key" \
+      bash hack/node.sh up "$work" 2>"$work/node-up.log" || { tail -n 30 "$work/node-up.log" >&2; die "the node did not start (log above)"; }
+    say "node Ready at $NODE_IP"
+    # The image from the binary this demo runs (debug symbols stripped: a smaller import).
+    image_binary="$work/bin/bulkhead-image"
+    if command -v strip >/dev/null 2>&1; then strip -o "$image_binary" "$bulkhead"; else cp "$bulkhead" "$image_binary"; fi
+    say "building the operator image from $bulkhead (hack/image.sh: no registry) and loading it into the node"
+    bash hack/image.sh operator --binary "$image_binary" --tag bulkhead.local/bulkhead:demo \
+      --out "$work/operator-image.tar" >/dev/null 2>"$work/image.log" || { cat "$work/image.log" >&2; die "hack/image.sh failed"; }
+    bash hack/node.sh import "$work" "$work/operator-image.tar"
+  fi
 
   say "cluster admin: kubectl apply --server-side -f crds-cluster/"
   kubectl apply --server-side -f crds-cluster/ >"$work/crds.log"
@@ -287,7 +357,6 @@ fi
 kubectl wait --for=condition=Established --timeout=60s crd/tenants.bulkhead.dev crd/credentials.bulkhead.dev >/dev/null
 
 # ---- the team's install: the chart, as helm renders it ------------------------------------------
-say "team: the chart into namespace $namespace (helm template | kubectl apply: ServiceAccount, Role, RoleBinding, Deployment, Service, NetworkPolicy)"
 kubectl create namespace "$namespace" >/dev/null
 [[ -n "$context" ]] && created_namespace=true
 # The chart refuses an API-server egress open to any address: give it the API server's endpoint
@@ -306,45 +375,75 @@ else
   say "team: no EndpointSlice for the kubernetes Service readable: the NetworkPolicy's API-server egress is rendered open (networkPolicy.apiServer.allowAnyAddress=true)"
   netpol=(--set networkPolicy.apiServer.allowAnyAddress=true)
 fi
-helm template bulkhead chart --namespace "$namespace" "${netpol[@]}" >"$work/chart.yaml"
-kubectl apply -n "$namespace" -f "$work/chart.yaml" >"$work/chart-apply.log"
-# The Deployment's pod needs an image and a node; the demo runs the same binary as a local
-# process instead, with the chart's ServiceAccount (exactly the chart's Role).
-kubectl scale deployment bulkhead -n "$namespace" --replicas=0 >/dev/null
-
-operator_kubeconfig="$work/operator.kubeconfig"
-sa_token="$(kubectl create token bulkhead -n "$namespace" --duration=24h)"
-ca_file="$work/pki/ca.crt"
-if [[ -n "$context" ]]; then
-  ca_file="$work/cluster-ca.crt"
-  kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$ca_file" 2>/dev/null || true
+if [[ "$mode" == pod ]]; then
+  kubectl label namespace "$namespace" pod-security.kubernetes.io/enforce=restricted >/dev/null
 fi
-write_kubeconfig "$operator_kubeconfig" "$server" "$ca_file" "system:serviceaccount:$namespace:bulkhead" "$sa_token" "$namespace"
-unset sa_token
 
 # ---- the development control plane and the identity Secret ---------------------------------------
+# Before the operator: its Tenant link reads the identity Secret. A pod reaches it on the node's
+# address, a local process on loopback.
 cp_port="$(free_port)"
-say "starting the development control plane (mTLS, in memory) on 127.0.0.1:$cp_port"
+cp_host=127.0.0.1
+[[ "$mode" == pod ]] && cp_host="$NODE_IP"
+say "starting the development control plane (mTLS, in memory) on $cp_host:$cp_port"
 start dev_control_plane "$devcp" --dir "$work/dev-pki" --tenant "$namespace" \
-  --listen "127.0.0.1:$cp_port" --namespace "$namespace"
+  --listen "$cp_host:$cp_port" --namespace "$namespace"
 # shellcheck disable=SC2154 # set by start
 wait_for "dev control plane" 30 "$pid_dev_control_plane" "$work/dev_control_plane.log" \
   grep -q 'Ctrl-C stops' "$work/dev_control_plane.log"
 kubectl create secret generic bulkhead-identity -n "$namespace" --type=kubernetes.io/tls \
   --from-file=tls.crt="$work/dev-pki/tls.crt" --from-file=tls.key="$work/dev-pki/tls.key" \
   --from-file=ca.crt="$work/dev-pki/ca.crt" >/dev/null
-say "identity Secret bulkhead-identity created (tenant id $namespace, endpoint https://127.0.0.1:$cp_port in its URI SANs)"
+say "identity Secret bulkhead-identity created (tenant id $namespace, endpoint https://$cp_host:$cp_port in its URI SANs)"
 
-# ---- the operator, as the chart's ServiceAccount ------------------------------------------------
-metrics_port="$(free_port)"
-probe_port="$(free_port)"
-say "starting bulkhead run --namespace $namespace as system:serviceaccount:$namespace:bulkhead"
-start operator env KUBECONFIG="$operator_kubeconfig" "$bulkhead" run --namespace "$namespace" \
-  --pod-name demo --metrics-addr "127.0.0.1:$metrics_port" --probe-addr "127.0.0.1:$probe_port" \
-  --log-format text
-# shellcheck disable=SC2154 # set by start
-wait_for "bulkhead /readyz" 60 "$pid_operator" "$work/operator.log" curl -sf "http://127.0.0.1:$probe_port/readyz"
-say "operator ready (preflight passed: CRDs served, the Role grants what it needs and no more)"
+if [[ "$mode" == pod ]]; then
+  say "team: helm install bulkhead ./chart -n $namespace --wait (ServiceAccount, Role, RoleBinding, Deployment, Service, NetworkPolicy; the image loaded above)"
+  pod_started=$SECONDS
+  helm install bulkhead chart --namespace "$namespace" "${netpol[@]}" --set image.repository=bulkhead.local/bulkhead \
+    --set image.tag=demo --set image.pullPolicy=Never --wait --timeout 120s >"$work/helm.log" 2>&1 ||
+    { cat "$work/helm.log" >&2; kubectl get pods -n "$namespace" -o wide >&2 || true; die "helm install failed (above)"; }
+  operator_pod="$(kubectl get pods -n "$namespace" -l app.kubernetes.io/name=bulkhead -o jsonpath='{.items[0].metadata.name}')"
+  say "operator pod $operator_pod Ready in $((SECONDS - pod_started)) s (admitted as restricted, Ready through /readyz)"
+  metrics_addr="$(kubectl get service bulkhead-metrics -n "$namespace" -o jsonpath='{.spec.clusterIP}:{.spec.ports[0].port}')"
+else
+  say "team: the chart into namespace $namespace (helm template | kubectl apply: ServiceAccount, Role, RoleBinding, Deployment, Service, NetworkPolicy)"
+  helm template bulkhead chart --namespace "$namespace" "${netpol[@]}" >"$work/chart.yaml"
+  kubectl apply -n "$namespace" -f "$work/chart.yaml" >"$work/chart-apply.log"
+  # Without a node the Deployment's pod cannot run; the same binary runs as a local process
+  # instead, with the chart's ServiceAccount (exactly the chart's Role).
+  kubectl scale deployment bulkhead -n "$namespace" --replicas=0 >/dev/null
+
+  operator_kubeconfig="$work/operator.kubeconfig"
+  sa_token="$(kubectl create token bulkhead -n "$namespace" --duration=24h)"
+  ca_file="$work/pki/ca.crt"
+  if [[ -n "$context" ]]; then
+    ca_file="$work/cluster-ca.crt"
+    kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$ca_file" 2>/dev/null || true
+  fi
+  write_kubeconfig "$operator_kubeconfig" "$server" "$ca_file" "system:serviceaccount:$namespace:bulkhead" "$sa_token" "$namespace"
+  unset sa_token
+
+  # ---- the operator, as the chart's ServiceAccount ------------------------------------------------
+  metrics_port="$(free_port)"
+  probe_port="$(free_port)"
+  say "starting bulkhead run --namespace $namespace as system:serviceaccount:$namespace:bulkhead"
+  start operator env KUBECONFIG="$operator_kubeconfig" "$bulkhead" run --namespace "$namespace" \
+    --pod-name demo --metrics-addr "127.0.0.1:$metrics_port" --probe-addr "127.0.0.1:$probe_port" \
+    --log-format text
+  # shellcheck disable=SC2154 # set by start
+  wait_for "bulkhead /readyz" 60 "$pid_operator" "$work/operator.log" curl -sf "http://127.0.0.1:$probe_port/readyz"
+  say "operator ready (preflight passed: CRDs served, the Role grants what it needs and no more)"
+  metrics_addr="127.0.0.1:$metrics_port"
+fi
+# Where the operator's log is: the pod's (kubectl logs) or the local process's file.
+operator_log() {
+  if [[ "$mode" == pod ]]; then
+    kubectl logs -n "$namespace" deployment/bulkhead --tail=30 2>&1 || true
+  else
+    tail -n 30 "$work/operator.log" 2>&1 || true
+  fi
+}
+operator_alive() { [[ "$mode" == pod ]] || alive "$pid_operator"; }
 
 # ---- the team's objects -------------------------------------------------------------------------
 say "team: a Tenant linked to the control plane and one Credential of each type"
@@ -394,10 +493,10 @@ say "waiting (at most ${ready_within}s) for the Tenant to link and the four Cred
 deadline=$((SECONDS + ready_within))
 until kubectl wait -n "$namespace" --for=condition=Ready --timeout=5s tenant/tenant credential/db-password \
   credential/session-keys credential/spark-token credential/registry >/dev/null 2>&1; do
-  alive "$pid_operator" || { tail -n 30 "$work/operator.log" >&2; die "the operator exited (log above)"; }
+  operator_alive || { operator_log >&2; die "the operator exited (log above)"; }
   if ((SECONDS >= deadline)); then
     kubectl get tenant,credentials -n "$namespace" -o wide >&2 || true
-    tail -n 30 "$work/operator.log" >&2
+    operator_log >&2
     die "not Ready within ${ready_within}s (status and operator log above)"
   fi
 done
@@ -423,10 +522,17 @@ Look around (while this runs):
   kubectl get events --sort-by=.metadata.creationTimestamp
   $bulkhead status                # or as a kubectl plugin: kubectl bulkhead status (see README)
   $bulkhead rotate db-password    # then: kubectl get credential db-password -w
-  curl -s http://127.0.0.1:$metrics_port/metrics | grep ^bulkhead_
-  less $work/operator.log         # the operator's log
+  curl -s http://$metrics_addr/metrics | grep ^bulkhead_
+EOF
+if [[ "$mode" == pod ]]; then
+  cat <<EOF
+  kubectl logs deployment/bulkhead         # the operator pod's JSON log
+  kubectl get pods -o wide                 # the operator as a pod on node bulkhead-node
 
 EOF
+else
+  printf '  less %s         # the operator%ss log\n\n' "$work/operator.log" "'"
+fi
 
 if $exit_when_ready; then
   say "--exit-when-ready: done"

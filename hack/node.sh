@@ -30,6 +30,9 @@ readonly NODE_IP=10.244.0.1
 readonly POD_CIDR=10.244.0.0/24
 readonly PAUSE_IMAGE=registry.k8s.io/pause:3.10
 readonly PACKAGES=(containerd runc containernetworking-plugins iptables busybox-static)
+# containerd's sockets: a short fixed path (a unix socket path has at most 107 bytes, and DIR
+# may be deep); one node per machine anyway.
+readonly SOCKETS=/run/bulkhead-node
 
 say() { echo "node: $*" >&2; }
 die() { echo "node: $*" >&2; exit 1; }
@@ -71,7 +74,7 @@ assets() {
   echo "$dir"
 }
 
-ctr_() { ctr --address "$node/containerd/containerd.sock" --namespace k8s.io "$@"; }
+ctr_() { ctr --address "$SOCKETS/containerd.sock" --namespace k8s.io "$@"; }
 
 # Start a daemon in its own process group, logging to $node/NAME.log; its group id goes to
 # $node/pids/NAME for `down`.
@@ -113,7 +116,7 @@ up() {
     die "a node is already up on this machine (bridge $BRIDGE exists): stop it with hack/node.sh down DIR, or see hack/node.sh leftovers"
   fi
   node="$dir/node"
-  mkdir -p "$node"/{pids,pki,cni/net.d,cni/ipam,kubelet,images,containerd}
+  mkdir -p "$node"/{pids,pki,cni/net.d,cni/ipam,kubelet,images,containerd} "$SOCKETS"
 
   # The bridge first: it carries the node's address, which the kubelet serves on.
   ip link add "$BRIDGE" type bridge
@@ -157,9 +160,9 @@ root = "$node/containerd/root"
 state = "$node/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
 [grpc]
-  address = "$node/containerd/containerd.sock"
+  address = "$SOCKETS/containerd.sock"
 [ttrpc]
-  address = "$node/containerd/containerd.ttrpc.sock"
+  address = "$SOCKETS/containerd.ttrpc.sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -254,7 +257,7 @@ authentication:
   webhook: {enabled: false}
   x509: {clientCAFile: "$NODE_CA_CRT"}
 authorization: {mode: AlwaysAllow}
-containerRuntimeEndpoint: unix://$node/containerd/containerd.sock
+containerRuntimeEndpoint: unix://$SOCKETS/containerd.sock
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
@@ -369,7 +372,7 @@ for ns in (spec.get("linux") or {}).get("namespaces") or []:
   fi
   stop_group containerd TERM
   # Shims that outlived containerd (their address names our socket).
-  pkill -KILL -f "containerd-shim.*-address $node/" 2>/dev/null || true
+  pkill -KILL -f "containerd-shim.*-address $SOCKETS/" 2>/dev/null || true
   # Whatever a container left running (a shim's children are in the pods' cgroups).
   local cg
   for cg in /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods*; do
@@ -395,7 +398,7 @@ for ns in (spec.get("linux") or {}).get("namespaces") or []:
     leftovers >/dev/null 2>&1 && break
     sleep 0.5
   done
-  rm -rf "$node"
+  rm -rf "$node" "$SOCKETS"
   return 0
 }
 

@@ -141,6 +141,8 @@ fn bulkhead_cli(program: &Path, kubeconfig: &str, args: &[&str]) -> std::process
 )]
 async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_on_ctrl_c() {
     let binaries = Binaries::from_env();
+    // The demo starts a node where it can (the same as the pod scenarios': one at a time).
+    let _one_node = cluster::one_node_at_a_time();
     let _one_at_a_time = cluster::one_control_plane_at_a_time();
     let ns = "demo";
     // The demo's TMPDIR: afterwards it must be empty and no process may mention it.
@@ -176,6 +178,20 @@ async fn demo_shows_a_linked_tenant_and_four_ready_credentials_and_exits_clean_o
         !text.contains("cargo: Compiling"),
         "the demo built although binaries were given:\n{text}"
     );
+    // Where a node can start (cfg(bulkhead_node): hack/node.sh check passed), the demo runs the
+    // product as users do, a pod from its image installed by helm; else a local process.
+    let pod_mode = "the operator runs as a pod from its image";
+    if cfg!(bulkhead_node) {
+        assert!(
+            text.contains(pod_mode) && text.contains("Ready in") && text.contains("node Ready at"),
+            "{text}"
+        );
+    } else {
+        assert!(
+            text.contains("the operator runs as a local process"),
+            "{text}"
+        );
+    }
     eprintln!("demo ready after {:?}", started.elapsed());
     let kubeconfig = text
         .lines()

@@ -473,6 +473,16 @@ pub fn one_control_plane_at_a_time() -> ControlPlaneSlot {
     )
 }
 
+/// The right to start a node on this machine (its bridge, iptables chains and containerd
+/// sockets are machine-wide), held until dropped. Take it before
+/// [`one_control_plane_at_a_time`], as `Cluster::start_with_node` does, never after.
+pub fn one_node_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_NODE: Mutex<()> = Mutex::new(());
+    ONE_NODE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running control plane in a temporary directory.
 pub struct Cluster {
     /// One control plane at a time in this process: the suite runs under a plain `cargo test`,
@@ -514,10 +524,7 @@ impl Cluster {
             binaries.controller_manager.is_some(),
             "a node needs the controller manager (ServiceAccount tokens, the root CA ConfigMap)"
         );
-        static ONE_NODE: Mutex<()> = Mutex::new(());
-        let one_node = ONE_NODE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let one_node = one_node_at_a_time();
         let mut cluster = Self::start_inner(binaries, true);
         cluster._one_node = Some(one_node);
         cluster.start_node();
