@@ -167,6 +167,20 @@ async fn wait_consumers_hold(client: &Client, ns: &str, name: &str, value: &str)
     .await;
 }
 
+/// Wait until Secret `name` records the rotation request `stamp` as handled; returns it.
+async fn wait_handled(client: &Client, ns: &str, name: &str, stamp: &str) -> Secret {
+    eventually(
+        &format!("rotation request {stamp} handled in Secret {name}"),
+        WAIT,
+        || async {
+            let s = secret(client, ns, name).await?;
+            (annotation(&s, "bulkhead.dev/rotate-request-handled").as_deref() == Some(stamp))
+                .then_some(s)
+        },
+    )
+    .await
+}
+
 async fn generation(client: &Client, ns: &str, name: &str) -> i64 {
     Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)
@@ -395,12 +409,7 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
 
     let rotation_started = Instant::now();
     request_rotation(&admin, ns, "db", "rotation-1").await;
-    let rotated = eventually("the rotation in Secret db", WAIT, || async {
-        let s = secret(&admin, ns, "db").await?;
-        (annotation(&s, "bulkhead.dev/rotate-request-handled").as_deref() == Some("rotation-1"))
-            .then_some(s)
-    })
-    .await;
+    let rotated = wait_handled(&admin, ns, "db", "rotation-1").await;
     let secret_updated = rotation_started.elapsed();
     let new_value = sha256_hex(&data_bytes(&rotated, "value").unwrap());
     let previous =
@@ -492,25 +501,11 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
     ];
     let generation_a = generation(&admin, ns, "consumer").await;
     // A rotation requested while the upgrade replaces the operator's pods is done exactly once.
-    let upgrade = {
-        let helm_args: Vec<String> = upgraded_values.iter().map(|v| (*v).to_owned()).collect();
-        let mut cmd = cluster.helm();
-        cmd.args(["upgrade", "bulkhead"])
-            .arg(repo().join("chart"))
-            .args(["--namespace", ns, "--wait", "--timeout", "180s"]);
-        for value in Cluster::pod_values().into_iter().chain(helm_args) {
-            cmd.args(["--set", &value]);
-        }
-        std::thread::spawn(move || cluster::run_ok(&mut cmd))
-    };
+    let mut upgrade = cluster.helm_chart("upgrade", ns, &upgraded_values);
+    let upgrade = std::thread::spawn(move || cluster::run_ok(&mut upgrade));
     request_rotation(&admin, ns, "db", "rotation-2").await;
     upgrade.join().expect("helm upgrade");
-    let during = eventually("rotation-2 handled", WAIT, || async {
-        let s = secret(&admin, ns, "db").await?;
-        (annotation(&s, "bulkhead.dev/rotate-request-handled").as_deref() == Some("rotation-2"))
-            .then_some(s)
-    })
-    .await;
+    let during = wait_handled(&admin, ns, "db", "rotation-2").await;
     let during_value = sha256_hex(&data_bytes(&during, "value").unwrap());
     wait_consumers_hold(&admin, ns, "consumer", &during_value).await;
     assert_eq!(
@@ -540,12 +535,7 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
         generation(&admin, ns, "consumer-b").await,
     );
     request_rotation(&admin, ns, "db", "rotation-3").await;
-    let third = eventually("rotation-3 handled", WAIT, || async {
-        let s = secret(&admin, ns, "db").await?;
-        (annotation(&s, "bulkhead.dev/rotate-request-handled").as_deref() == Some("rotation-3"))
-            .then_some(s)
-    })
-    .await;
+    let third = wait_handled(&admin, ns, "db", "rotation-3").await;
     let third_value = sha256_hex(&data_bytes(&third, "value").unwrap());
     wait_consumers_hold(&admin, ns, "consumer", &third_value).await;
     wait_consumers_hold(&admin, ns, "consumer-b", &third_value).await;
@@ -709,12 +699,7 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
     ));
     let offset = cluster.audit_len();
     request_rotation(&admin, ns_b, "db", "after-refresh").await;
-    eventually("team-b rotates with the refreshed token", WAIT, || async {
-        let s = secret(&admin, ns_b, "db").await?;
-        (annotation(&s, "bulkhead.dev/rotate-request-handled").as_deref() == Some("after-refresh"))
-            .then_some(())
-    })
-    .await;
+    wait_handled(&admin, ns_b, "db", "after-refresh").await;
     let after = cluster.audit_after(offset);
     let writes: Vec<_> = after
         .by_user(&user_b)

@@ -476,12 +476,17 @@ pub fn one_control_plane_at_a_time() -> ControlPlaneSlot {
 /// The right to start a node on this machine (its bridge, iptables chains and containerd
 /// sockets are machine-wide), held until dropped. Take it before
 /// [`one_control_plane_at_a_time`], as `Cluster::start_with_node` does, never after.
-pub fn one_node_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+pub fn one_node_at_a_time() -> NodeSlot {
     static ONE_NODE: Mutex<()> = Mutex::new(());
-    ONE_NODE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    NodeSlot(
+        ONE_NODE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
+
+/// The right to run a node on this machine, held until dropped.
+pub struct NodeSlot(std::sync::MutexGuard<'static, ()>);
 
 /// A running control plane in a temporary directory.
 pub struct Cluster {
@@ -490,7 +495,7 @@ pub struct Cluster {
     /// [`Cluster::let_others_run`] gives it up early, for a long idle wait.
     one_at_a_time: Option<ControlPlaneSlot>,
     /// One node at a time on this machine (its bridge and iptables chains are machine-wide).
-    _one_node: Option<std::sync::MutexGuard<'static, ()>>,
+    _one_node: Option<NodeSlot>,
     pub dir: PathBuf,
     binaries: Binaries,
     etcd: Option<Process>,
@@ -1955,13 +1960,12 @@ impl Cluster {
         ]
     }
 
-    /// `helm install bulkhead ./chart -n NAMESPACE --wait` (a real install: a release record,
-    /// hooks, readiness) with [`Cluster::pod_values`] and `set`. Returns the release and how
-    /// long helm took until the Deployment was ready.
-    pub fn helm_install(&self, namespace: &str, set: &[&str]) -> (Release, Duration) {
-        let started = Instant::now();
+    /// `helm VERB bulkhead ./chart -n NAMESPACE --wait` (`install` or `upgrade`: a real
+    /// release, with its record and readiness wait) with [`Cluster::pod_values`] and `set`,
+    /// given whole as `helm upgrade` without `--reuse-values` takes them.
+    pub fn helm_chart(&self, verb: &str, namespace: &str, set: &[&str]) -> Command {
         let mut helm = self.helm();
-        helm.args(["install", "bulkhead"])
+        helm.args([verb, "bulkhead"])
             .arg(repo().join("chart"))
             .args(["--namespace", namespace, "--wait", "--timeout", "180s"]);
         for value in Self::pod_values()
@@ -1971,7 +1975,14 @@ impl Cluster {
         {
             helm.args(["--set", value]);
         }
-        run_ok(&mut helm);
+        helm
+    }
+
+    /// [`Cluster::helm_chart`] `install`: the release, and how long helm took until the
+    /// Deployment was ready.
+    pub fn helm_install(&self, namespace: &str, set: &[&str]) -> (Release, Duration) {
+        let started = Instant::now();
+        run_ok(&mut self.helm_chart("install", namespace, set));
         let took = started.elapsed();
         let rendered =
             run_ok(
@@ -1987,22 +1998,5 @@ impl Cluster {
             },
             took,
         )
-    }
-
-    /// `helm upgrade bulkhead ./chart --wait` with [`Cluster::pod_values`] and `set` (the
-    /// values are given whole, as `helm upgrade` without `--reuse-values` takes them).
-    pub fn helm_upgrade(&self, namespace: &str, set: &[&str]) {
-        let mut helm = self.helm();
-        helm.args(["upgrade", "bulkhead"])
-            .arg(repo().join("chart"))
-            .args(["--namespace", namespace, "--wait", "--timeout", "180s"]);
-        for value in Self::pod_values()
-            .iter()
-            .map(String::as_str)
-            .chain(set.iter().copied())
-        {
-            helm.args(["--set", value]);
-        }
-        run_ok(&mut helm);
     }
 }
