@@ -8,6 +8,9 @@
 #                hack/fuzz.sh
 #   promtool     Debian's `prometheus` package (apt-get, when root on Debian/Ubuntu), for the
 #                chart's alert tests (tests/chart.rs); otherwise it says how to get it
+#   the node runtime  Debian's containerd, runc, CNI plugins, iptables and busybox-static
+#                (hack/node.sh install, when root on Debian/Ubuntu), so that hack/demo.sh and the
+#                pod scenarios run the operator as a pod; otherwise it says what is missing
 #
 # Only the npm and PyPI registries (and the distribution's apt repository) are used: no binary
 # is downloaded from anywhere else.
@@ -114,6 +117,17 @@ elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
   if $created_policy; then rm -f "$policy"; fi
 else
   log "promtool missing: install Debian/Ubuntu's prometheus package (sudo apt-get install prometheus) or put promtool on PATH; the alert tests fail without it"
+fi
+
+# --- the node runtime, for the operator as a pod (hack/node.sh) ------------------------------
+if [[ "$(uname -s)" == Linux && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  if $env_only; then
+    bash "$(dirname "${BASH_SOURCE[0]}")/node.sh" install >/dev/null 2>&1 || true
+  else
+    bash "$(dirname "${BASH_SOURCE[0]}")/node.sh" install || log "the node runtime could not be installed: hack/demo.sh runs the operator as a local process"
+  fi
+else
+  log "no node runtime installed (needs Linux, root and apt-get): hack/demo.sh runs the operator as a local process"
 fi
 
 if $env_only; then
