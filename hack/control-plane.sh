@@ -32,7 +32,7 @@ find_control_plane() {
   return 1
 }
 
-# find_node: after find_control_plane, decides whether the pod scenarios (tests/e2e/pods.rs) can
+# find_node: after find_control_plane, decides whether the pod scenarios (tests/e2e/as_users_run_it.rs) can
 # run on a real node here (hack/node.sh: installs Debian's containerd, runc and CNI plugins when
 # missing and root, then checks). Returns 0 with BULKHEAD_E2E_NODE=1 exported and E2E_NODE
 # describing it; returns 1 with E2E_NODE saying why not (the scenarios then show as ignored).

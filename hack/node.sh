@@ -320,7 +320,10 @@ stop_group() { # NAME SIGNAL: signal the group, KILL it after 5 s
   [[ -f "$file" ]] || return 0
   pid="$(cat "$file")"
   kill "-$2" -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  # Gone means no live member left: a killed process whose parent has exited can stay a
+  # zombie for a while, which kill -0 would still find.
+  live() { ps -e -o pgid=,stat= | awk -v g="$pid" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'; }
+  for _ in $(seq 1 50); do live || break; sleep 0.1; done
   kill -KILL -- "-$pid" 2>/dev/null || true
   rm -f "$file"
 }
@@ -341,13 +344,15 @@ delete_iptables() { # every KUBE-*/CNI-* rule and chain, IPv4 and IPv6
 }
 
 down() {
-  local dir="$1"
+  local dir="$1" t0=$SECONDS
+  step() { [[ -z "${NODE_TRACE:-}" ]] || echo "node: down: $* at $((SECONDS - t0)) s" >&2; }
   node="$dir/node"
   [[ -d "$node" ]] || return 0
   # The kubelet first, so that it restarts nothing; kube-proxy's rules are removed below.
   stop_group kubelet KILL
   stop_group scheduler KILL
   stop_group proxy KILL
+  step "daemons stopped"
   local netns=()
   if [[ -f "$node/pids/containerd" ]] && ctr_ version >/dev/null 2>&1; then
     # The pods' network namespaces, from the sandboxes' specs, before their containers go.
@@ -364,13 +369,13 @@ for ns in (spec.get("linux") or {}).get("namespaces") or []:
     if ns.get("type") == "network" and ns.get("path", "").startswith("/var/run/netns/"):
         print(ns["path"])')
     done
-    for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
-    for id in $(ctr_ tasks ls -q 2>/dev/null); do
-      for _ in $(seq 1 50); do ctr_ tasks delete "$id" >/dev/null 2>&1 && break; sleep 0.1; done
-    done
+    # --force: SIGKILL and delete in one call, without waiting for a stop that SIGKILL makes sure of.
+    for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete --force "$id" >/dev/null 2>&1 || true; done
     for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$id" >/dev/null 2>&1 || true; done
   fi
+  step "containers deleted"
   stop_group containerd TERM
+  step "containerd stopped"
   # Shims that outlived containerd (their address names our socket).
   pkill -KILL -f "containerd-shim.*-address $SOCKETS/" 2>/dev/null || true
   # Whatever a container left running (a shim's children are in the pods' cgroups).

@@ -24,9 +24,13 @@ if find_control_plane; then
   echo "test: the e2e suite runs against $E2E_CONTROL_PLANE"
   if find_node; then
     echo "test: the pod scenarios run on a real node ($E2E_NODE)"
-    echo "test: building the operator image (hack/image.sh operator: cargo build --release, several minutes on a fresh machine)"
-    build_images
-    echo "test: operator image $BULKHEAD_E2E_OPERATOR_IMAGE"
+    # The release build ends in a long single-threaded link (fat LTO, one codegen unit): the
+    # debug build below runs beside it, in its own target directory (no lock between them).
+    image_out="$root/target/images/operator.tar"
+    image_log="$(mktemp)"
+    echo "test: building the operator image in the background (hack/image.sh operator: cargo build --release into target/release-image; several minutes on a fresh machine)"
+    CARGO_TARGET_DIR="$root/target/release-image" bash hack/image.sh operator --out "$image_out" >/dev/null 2>"$image_log" &
+    image_pid=$!
   elif [[ "${BULKHEAD_REQUIRE_NODE:-}" == 1 ]]; then
     echo "test: NO NODE ($E2E_NODE), and BULKHEAD_REQUIRE_NODE=1: failing" >&2
     exit 1
@@ -42,6 +46,18 @@ fi
 # shared with the cargo test below (same profile and features), so this adds one crate.
 echo "test: cargo build --locked --bin bulkhead --example dev-control-plane"
 cargo build --locked --bin bulkhead --example dev-control-plane
+if [[ -n "${image_pid:-}" ]]; then
+  echo "test: waiting for the operator image build"
+  if ! wait "$image_pid"; then
+    cat "$image_log" >&2
+    echo "test: hack/image.sh operator failed (above)" >&2
+    exit 1
+  fi
+  grep -v '^ *Compiling' "$image_log" || true
+  rm -f "$image_log"
+  export BULKHEAD_E2E_OPERATOR_IMAGE="$image_out"
+  echo "test: operator image $BULKHEAD_E2E_OPERATOR_IMAGE"
+fi
 echo "test: cargo test --locked --all-targets (builds first: several minutes on a fresh machine)"
 cargo test --locked --all-targets
 hack/verify-chart.sh

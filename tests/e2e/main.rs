@@ -15,11 +15,11 @@
 #[path = "../support/cluster.rs"]
 mod cluster;
 
+mod as_users_run_it;
 mod bad_input;
 mod chaos;
 mod data_safety;
 mod demo;
-mod pods;
 
 use std::collections::BTreeMap;
 use std::process::Command;

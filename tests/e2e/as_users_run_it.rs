@@ -2,6 +2,10 @@
 //! `helm install` into a namespace that enforces Pod Security `restricted`, on a real node
 //! (`hack/node.sh`: containerd, kubelet, kube-proxy), beside workloads that read its Secrets.
 //!
+//! The module's name sorts it first, so that libtest starts it first: it gives up its
+//! control-plane turn for its long token wait (`Cluster::let_others_run`), and the rest of the
+//! suite runs meanwhile.
+//!
 //! Needs `cfg(bulkhead_node)` (hack/test.sh sets `BULKHEAD_E2E_NODE=1` when `hack/node.sh
 //! check` passes); without it these tests are ignored with the reason, never passed.
 
