@@ -33,6 +33,13 @@ readonly PACKAGES=(containerd runc containernetworking-plugins iptables busybox-
 # containerd's sockets: a short fixed path (a unix socket path has at most 107 bytes, and DIR
 # may be deep); one node per machine anyway.
 readonly SOCKETS=/run/bulkhead-node
+# Kernel settings the kubelet, kube-proxy and the bridge plugin change on the machine: saved by
+# `up`, put back by `down`.
+readonly SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward
+  net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables
+  net.netfilter.nf_conntrack_max net.netfilter.nf_conntrack_tcp_timeout_established
+  net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 
 say() { echo "node: $*" >&2; }
 die() { echo "node: $*" >&2; exit 1; }
@@ -55,12 +62,13 @@ install_packages() {
   apt-get update -qq >&2
   # policy-rc.d 101: do not start the containerd service the package ships; the node runs
   # its own containerd with its own paths.
-  local policy=/usr/sbin/policy-rc.d created=false
+  local policy=/usr/sbin/policy-rc.d
   if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created=true
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    # Removed whatever happens: left behind it would keep every later package's service off.
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-  if $created; then rm -f "$policy"; fi
 }
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -115,14 +123,24 @@ up() {
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
     die "a node is already up on this machine (bridge $BRIDGE exists): stop it with hack/node.sh down DIR, or see hack/node.sh leftovers"
   fi
+  # `down` removes every KUBE-*/CNI-* iptables chain and every kubepods cgroup as its own: so
+  # there must be none of another Kubernetes (or of a node that was not torn down) here.
+  if { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -qE '^:(KUBE|CNI)-' ||
+    compgen -G '/sys/fs/cgroup/*/kubepods*' >/dev/null || compgen -G '/sys/fs/cgroup/kubepods*' >/dev/null; then
+    die "this machine has KUBE-/CNI- iptables chains or kubepods cgroups already (another Kubernetes, or a node not torn down: hack/node.sh leftovers shows them)"
+  fi
   node="$dir/node"
-  mkdir -p "$node"/{pids,pki,cni/net.d,cni/ipam,kubelet,images,containerd} "$SOCKETS"
+  mkdir -p "$node"/{pids,pki,cni/net.d,cni/ipam,kubelet,images,containerd,pod-logs} "$SOCKETS"
+  local key value
+  for key in "${SYSCTLS[@]}"; do
+    if value="$(sysctl -n "$key" 2>/dev/null)"; then printf '%s=%s\n' "$key" "$value"; fi
+  done >"$node/sysctl.saved"
 
   # The bridge first: it carries the node's address, which the kubelet serves on.
+  echo "$BRIDGE" >"$node/bridge"
   ip link add "$BRIDGE" type bridge
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
-  echo "$BRIDGE" >"$node/bridge"
 
   # runc refuses the pod sandbox's oomScoreAdj (-998) on this kind of machine: raise each
   # bundle's oomScoreAdj to at least our own before exec'ing runc (NODE.md).
@@ -163,6 +181,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   address = "$SOCKETS/containerd.sock"
 [ttrpc]
   address = "$SOCKETS/containerd.ttrpc.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$node/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -263,6 +283,7 @@ failCgroupV1: false
 failSwapOn: false
 enforceNodeAllocatable: []
 resolvConf: ""
+podLogsDir: $node/pod-logs
 clusterDomain: cluster.local
 registerNode: true
 serializeImagePulls: false
@@ -328,17 +349,21 @@ stop_group() { # NAME SIGNAL: signal the group, KILL it after 5 s
   rm -f "$file"
 }
 
-delete_iptables() { # every KUBE-*/CNI-* rule and chain, IPv4 and IPv6
-  local save restore table rule chain
-  for save in iptables-save ip6tables-save; do
-    restore="${save%-save}"
-    command -v "$save" >/dev/null || continue
+delete_iptables() { # every KUBE-*/CNI-* chain and every rule that jumps to one, IPv4 and IPv6
+  local tool table chain chains numbers n
+  for tool in iptables ip6tables; do
+    command -v "$tool" >/dev/null || continue
     for table in filter nat mangle raw; do
-      { "$save" -t "$table" 2>/dev/null || true; } | { grep -E '^-A .*(KUBE-|CNI-)' || true; } |
-        sed 's/^-A /-D /' |
-        while IFS= read -r rule; do eval "$restore -t $table $rule" 2>/dev/null || true; done
-      { "$save" -t "$table" 2>/dev/null || true; } | sed -n 's/^:\(\(KUBE\|CNI\)-[^ ]*\) .*/\1/p' |
-        while IFS= read -r chain; do "$restore" -t "$table" -X "$chain" 2>/dev/null || true; done
+      # Jumps from the built-in chains, by rule number (highest first, so numbers hold).
+      for chain in INPUT FORWARD OUTPUT PREROUTING POSTROUTING; do
+        numbers="$("$tool" -w -t "$table" -L "$chain" -n --line-numbers 2>/dev/null |
+          awk '$2 ~ /^(KUBE|CNI)-/ { print $1 }' | sort -rn || true)"
+        for n in $numbers; do "$tool" -w -t "$table" -D "$chain" "$n" 2>/dev/null || true; done
+      done
+      # Then the chains themselves: emptied first (they jump to each other), then deleted.
+      chains="$({ "$tool-save" -t "$table" 2>/dev/null || true; } | sed -n 's/^:\(\(KUBE\|CNI\)-[^ ]*\) .*/\1/p')"
+      for chain in $chains; do "$tool" -w -t "$table" -F "$chain" 2>/dev/null || true; done
+      for chain in $chains; do "$tool" -w -t "$table" -X "$chain" 2>/dev/null || true; done
     done
   done
 }
@@ -403,6 +428,14 @@ for ns in (spec.get("linux") or {}).get("namespaces") or []:
     leftovers >/dev/null 2>&1 && break
     sleep 0.5
   done
+  # What the kubelet and the CNI plugins keep outside DIR: log links, result caches.
+  find /var/log/containers -maxdepth 1 -type l -lname "$node/*" -delete 2>/dev/null || true
+  rm -f /var/lib/cni/results/bulkhead-* /var/lib/cni/cache/results/bulkhead-* 2>/dev/null || true
+  rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+  if [[ -f "$node/sysctl.saved" ]]; then
+    local line
+    while IFS= read -r line; do sysctl -q -w "$line" >/dev/null 2>&1 || true; done <"$node/sysctl.saved"
+  fi
   rm -rf "$node" "$SOCKETS"
   return 0
 }
@@ -411,20 +444,22 @@ for ns in (spec.get("linux") or {}).get("namespaces") or []:
 leftovers() {
   local found=0 what
   report() { if [[ -n "$2" ]]; then echo "leftover $1:"; echo "  ${2//$'\n'/$'\n'  }"; found=1; fi; }
-  what="$(pgrep -a -f 'kubelet --config|kube-scheduler|kube-proxy|containerd --config|containerd-shim' || true)"
+  what="$(pgrep -a -f "kubelet --config|kube-scheduler|kube-proxy|containerd --config|containerd-shim.*-address $SOCKETS/" || true)"
   report processes "$what"
   what="$(findmnt -rn -o TARGET | grep -E '/node/(kubelet|containerd)/|/run/netns/cni-' || true)"
   report mounts "$what"
   what="$(ip netns list 2>/dev/null | grep -E '^cni-' || true)"
   report "network namespaces" "$what"
-  what="$(ip -br link show 2>/dev/null | grep -E "^($BRIDGE|veth)" || true)"
+  what="$(ip -br link show 2>/dev/null | grep -E "^$BRIDGE" || true)"
   report "links" "$what"
   what="$({ iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -E '^(:|-A )(KUBE-|CNI-)|-j (KUBE-|CNI-)' || true)"
   report "iptables rules" "$what"
   what="$(ls -d /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods* 2>/dev/null || true)"
   report cgroups "$what"
+  what="$({ find /var/log/containers -maxdepth 1 -type l -lname '*/node/pod-logs/*' 2>/dev/null; ls -d /var/lib/cni/results/bulkhead-* "$SOCKETS" 2>/dev/null; } || true)"
+  report files "$what"
   if ((found)); then return 1; fi
-  echo "node: nothing left (processes, containers, mounts, network namespaces, links, iptables)"
+  echo "node: nothing left (processes, containers, mounts, network namespaces, links, iptables, cgroups, files)"
 }
 
 # Can a node start on this machine? Says why not (one line) and exits 1.
@@ -432,7 +467,7 @@ check() {
   [[ "$(uname -s)" == Linux ]] || { echo "not Linux"; return 1; }
   [[ "$(id -u)" == 0 ]] || { echo "not root (containerd, network namespaces and iptables need root)"; return 1; }
   local tool
-  for tool in containerd ctr runc ip iptables gcc openssl python3 setsid busybox; do
+  for tool in containerd ctr runc ip iptables gcc openssl python3 setsid busybox curl kubectl findmnt pgrep sysctl; do
     command -v "$tool" >/dev/null || { echo "$tool is missing (hack/node.sh install brings Debian's packages)"; return 1; }
   done
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || { echo "the CNI plugins are missing in /usr/lib/cni (hack/node.sh install)"; return 1; }

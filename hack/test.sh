@@ -31,12 +31,17 @@ if find_control_plane; then
     echo "test: building the operator image in the background (hack/image.sh operator: cargo build --release into target/release-image; several minutes on a fresh machine)"
     CARGO_TARGET_DIR="$root/target/release-image" bash hack/image.sh operator --out "$image_out" >/dev/null 2>"$image_log" &
     image_pid=$!
+    # Whatever ends this script early also ends that build.
+    trap 'kill "$image_pid" 2>/dev/null || true' EXIT
   elif [[ "${BULKHEAD_REQUIRE_NODE:-}" == 1 ]]; then
     echo "test: NO NODE ($E2E_NODE), and BULKHEAD_REQUIRE_NODE=1: failing" >&2
     exit 1
   else
     echo "test: NO NODE ($E2E_NODE): the pod scenarios will show as ignored"
   fi
+elif [[ "${BULKHEAD_REQUIRE_NODE:-}" == 1 ]]; then
+  echo "test: NO CONTROL PLANE ($E2E_CONTROL_PLANE), and BULKHEAD_REQUIRE_NODE=1: failing" >&2
+  exit 1
 else
   echo "test: NO CONTROL PLANE ($E2E_CONTROL_PLANE): the e2e tests will show as ignored"
 fi
@@ -53,6 +58,7 @@ if [[ -n "${image_pid:-}" ]]; then
     echo "test: hack/image.sh operator failed (above)" >&2
     exit 1
   fi
+  trap - EXIT
   grep -v '^ *Compiling' "$image_log" || true
   rm -f "$image_log"
   export BULKHEAD_E2E_OPERATOR_IMAGE="$image_out"

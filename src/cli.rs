@@ -217,9 +217,9 @@ fn require_namespace(ns: Option<String>) -> Result<String> {
     }
 }
 
-/// The Kubernetes client, and the API server it talks to as a user names it: the URL and the
-/// kubeconfig context (or `in-cluster`).
-async fn client() -> Result<(kube::Client, String)> {
+/// The Kubernetes client, the API server it talks to as a user names it (the URL and the
+/// kubeconfig context, or `in-cluster`), and whether it is the in-cluster configuration.
+async fn client() -> Result<(kube::Client, String, bool)> {
     let kubeconfig = kube::config::Kubeconfig::read();
     let config = kube::Config::infer().await.map_err(|e| {
         let message = format!(
@@ -228,6 +228,7 @@ async fn client() -> Result<(kube::Client, String)> {
         );
         Error::config_from(message, e)
     })?;
+    let in_cluster = kubeconfig.is_err();
     let context = match &kubeconfig {
         Ok(k) => k
             .current_context
@@ -243,7 +244,7 @@ async fn client() -> Result<(kube::Client, String)> {
         );
         Error::config_from(message, e)
     })?;
-    Ok((client, server))
+    Ok((client, server, in_cluster))
 }
 
 /// Why no Kubernetes configuration was found, naming the kubeconfig path once, unquoted.
@@ -379,7 +380,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .await?,
     );
 
-    let (client, server) = client().await?;
+    let (client, server, in_cluster) = client().await?;
     tracing::info!(%namespace, version = env!("CARGO_PKG_VERSION"), identity_secret = %args.role.identity_secret, api_server = %server, "starting");
     let config = RunConfig {
         leader: LeaderConfig {
@@ -389,8 +390,10 @@ async fn run(args: RunArgs) -> Result<()> {
             identity: process_identity(args.pod_name),
             lease_duration: args.lease_duration,
             renew_grace: args.lease_renew_grace,
-            owner: std::fs::read_to_string(crate::leader::TOKEN_PATH)
-                .ok()
+            // The pod's own token, in cluster only (a kubeconfig's user is someone else).
+            owner: in_cluster
+                .then(|| std::fs::read_to_string(crate::leader::TOKEN_PATH).ok())
+                .flatten()
                 .and_then(|token| crate::leader::service_account_owner(&token, &namespace)),
         },
         rbac: args.role.rbac_options(),
@@ -427,7 +430,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
 async fn check(args: CheckArgs) -> Result<i32> {
     let namespace = require_namespace(args.namespace)?;
-    let (client, server) = client().await?;
+    let (client, server, _) = client().await?;
     let required = rbac::required_rules(&args.role.rbac_options());
     let result = preflight::run(&client, &namespace, &required).await;
     println!("API server {server}");

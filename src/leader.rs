@@ -416,6 +416,17 @@ impl Elector {
                         self.known = Known::Unknown;
                         Ok(())
                     }
+                    // Some clusters (OpenShift: OwnerReferencesPermissionEnforcement) let only
+                    // a caller that may delete an object set its owner, and the Role has no
+                    // delete on Leases: create it without one (helm uninstall then leaves it).
+                    Ok(Err(err))
+                        if self.config.owner.is_some()
+                            && (is_status(&err, 403) || is_status(&err, 422)) =>
+                    {
+                        tracing::warn!(error = %self.failed("create", err), "creating the Lease without an owner: this cluster refuses the ServiceAccount as its owner; helm uninstall will leave the Lease (kubectl delete lease removes it)");
+                        self.config.owner = None;
+                        Ok(())
+                    }
                     Ok(Err(err)) => Err(self.failed("create", err)),
                     Err(_) => Err("timed out".to_owned()),
                 }
@@ -438,7 +449,13 @@ impl Elector {
                         Ok(())
                     }
                     Ok(Err(err)) if is_status(&err, 404) => {
-                        self.known = Known::Absent;
+                        // Deleted (its owner garbage-collected, or by hand): whoever creates it
+                        // next may lead, so stop writing now.
+                        if self.renewed.is_some() {
+                            tracing::warn!("the Lease was deleted; stopping all writes");
+                            self.step_down();
+                        }
+                        self.gone(Instant::now());
                         Ok(())
                     }
                     Ok(Err(err)) => Err(self.failed("patch", err)),
@@ -547,7 +564,7 @@ impl Elector {
                 tracing::warn!("the Lease was deleted; stopping all writes");
                 self.step_down();
             }
-            self.known = Known::Absent;
+            self.gone(now);
             return;
         };
         if self.renewed.is_some() && holder(&lease) != Some(self.config.identity.as_str()) {
@@ -562,7 +579,7 @@ impl Elector {
     fn observe_watch(&mut self, seen: Seen, now: Instant) {
         match seen {
             Seen::Deleted if self.renewed.is_some() => self.known = Known::Unknown,
-            Seen::Deleted => self.known = Known::Absent,
+            Seen::Deleted => self.gone(now),
             Seen::Lease(lease) => {
                 if self.renewed.is_some() {
                     if holder(&lease) != Some(self.config.identity.as_str()) {
@@ -576,6 +593,18 @@ impl Elector {
                 }
                 self.remember(*lease, now);
             }
+        }
+    }
+
+    /// The Lease is gone. Deleted under another holder (its owner garbage-collected, or by
+    /// hand), that holder may not have noticed yet and may write until its renew deadline: it is
+    /// created again only a full duration later. Never held (first start, or released): now.
+    fn gone(&mut self, now: Instant) {
+        let held_by_another = matches!(&self.known,
+            Known::Present { lease, .. } if holder(lease).is_some_and(|h| h != self.config.identity));
+        self.known = Known::Absent;
+        if held_by_another {
+            self.retry_at = Some(now + self.config.lease_duration);
         }
     }
 
@@ -785,6 +814,99 @@ mod tests {
         assert_eq!(service_account_owner(&token("team-b"), "team-a"), None);
         assert_eq!(service_account_owner("not-a-jwt", "team-a"), None);
         assert_eq!(service_account_owner("a.%%%.c", "team-a"), None);
+    }
+
+    #[tokio::test]
+    async fn a_lease_deleted_under_another_holder_is_created_again_only_a_duration_later() {
+        let (mut e, _rx, _fence) = elector();
+        let t0 = Instant::now();
+        e.observe_read(Some(lease(Some("other"), "3")), t0);
+        e.observe_watch(Seen::Deleted, t0);
+        assert_eq!(
+            e.plan(t0),
+            Step::Wait(t0 + D),
+            "the holder may still write until then"
+        );
+        assert_eq!(e.plan(t0 + D), Step::Create);
+        // A read that finds it gone says the same.
+        let (mut e, _rx, _fence) = elector();
+        e.observe_read(Some(lease(Some("other"), "3")), t0);
+        e.observe_read(None, t0);
+        assert_eq!(e.plan(t0), Step::Wait(t0 + D));
+        // Never held: created at once.
+        let (mut e, _rx, _fence) = elector();
+        e.observe_read(None, t0);
+        assert_eq!(e.plan(t0), Step::Create);
+    }
+
+    /// A client whose Lease create is refused (403) when the Lease names an owner, as
+    /// OwnerReferencesPermissionEnforcement refuses it without `delete`; echoes it otherwise.
+    fn owner_refusing_client(posts: Arc<std::sync::Mutex<Vec<Value>>>) -> Client {
+        use http_body_util::BodyExt as _;
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let posts = posts.clone();
+            async move {
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let mut lease: Value = serde_json::from_slice(&body).unwrap_or_default();
+                posts.lock().unwrap().push(lease.clone());
+                let (code, answer) = if lease["metadata"]["ownerReferences"].is_array() {
+                    (
+                        403,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                        "message": "cannot set an ownerRef on a resource you can't delete"}),
+                    )
+                } else {
+                    lease["metadata"]["resourceVersion"] = json!("1");
+                    (201, lease)
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(code)
+                        .body(kube::client::Body::from(answer.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "team-a")
+    }
+
+    #[tokio::test]
+    async fn a_refused_owner_falls_back_to_a_lease_without_one() {
+        let posts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (_, rx, fence) = elector();
+        let (tx, _) = watch::channel(false);
+        let mut config = elector().0.config;
+        config.owner = service_account_owner(&token("team-a"), "team-a");
+        let mut e = Elector::new(
+            Api::namespaced(owner_refusing_client(posts.clone()), "team-a"),
+            config,
+            fence,
+            tx,
+        );
+        drop(rx);
+        let t0 = Instant::now();
+        e.observe_read(None, t0);
+        e.execute(Step::Create).await;
+        assert_eq!(
+            e.config.owner, None,
+            "the owner is given up after the refusal"
+        );
+        assert_eq!(
+            e.plan(Instant::now()),
+            Step::Create,
+            "and the create is retried at once"
+        );
+        e.execute(Step::Create).await;
+        let posts = posts.lock().unwrap();
+        assert_eq!(posts.len(), 2);
+        assert!(posts[0]["metadata"]["ownerReferences"].is_array());
+        assert!(posts[1]["metadata"].get("ownerReferences").is_none());
+        assert!(e.renewed.is_some(), "the second create leads");
     }
 
     #[tokio::test]

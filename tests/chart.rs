@@ -1154,3 +1154,52 @@ fn an_open_api_server_egress_is_refused_unless_asked_for_explicitly() {
         .unwrap();
     assert_eq!(api_server["to"][0]["ipBlock"]["cidr"], "10.0.0.10/32");
 }
+
+#[test]
+fn a_token_lifetime_projects_the_token_volume_with_it() {
+    let helm = helm();
+    let default = render(&helm, &ci_values("default"), &[]);
+    let pod = &default.one("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert!(pod["volumes"].is_null(), "no projected volume by default");
+
+    // A large value from a values file must render as an integer, not 1e+06.
+    let short = render(
+        &helm,
+        &ci_values("default"),
+        &["--set", "serviceAccount.tokenExpirationSeconds=1000000"],
+    );
+    let pod = &short.one("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["automountServiceAccountToken"], false,
+        "the projected volume replaces it"
+    );
+    let sources = pod["volumes"][0]["projected"]["sources"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        sources[0]["serviceAccountToken"]["expirationSeconds"],
+        1_000_000
+    );
+    assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
+    let mount = &short.container()["volumeMounts"][0];
+    assert_eq!(
+        mount["mountPath"],
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    assert_eq!(mount["readOnly"], true);
+
+    let refused = template_output(
+        &helm,
+        &ci_values("default"),
+        &["--set", "serviceAccount.tokenExpirationSeconds=60"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("tokenExpirationSeconds"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -380,8 +380,13 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
     // Memory: the kubelet's cgroup view beside the process's own.
     let pids = operator_pids(pod);
     assert_eq!(pids.len(), 1, "one bulkhead process on the node: {pids:?}");
-    let (working_set, cgroup_rss) =
-        kubelet_memory(&cluster, &pod.name_any(), "operator").expect("the kubelet reports the pod");
+    // The kubelet's first stats of a new container may take a housekeeping round.
+    let (working_set, cgroup_rss) = eventually(
+        "the kubelet's stats of the operator container",
+        Duration::from_secs(60),
+        || async { kubelet_memory(&cluster, &pod.name_any(), "operator") },
+    )
+    .await;
     measure(&format!(
         "operator pod memory: cgroup working set {:.1} MiB (cgroup rss {:.1} MiB); process VmRSS {:.1} MiB, RssAnon {:.1} MiB",
         working_set as f64 / 1048576.0,
@@ -507,6 +512,22 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
     // A rotation requested while the upgrade replaces the operator's pods is done exactly once.
     let mut upgrade = cluster.helm_chart("upgrade", ns, &upgraded_values);
     let upgrade = std::thread::spawn(move || cluster::run_ok(&mut upgrade));
+    // Requested once the upgrade is retiring the pod that leads (deletionTimestamp set, or
+    // gone): the old pod is draining or the new one taking over.
+    let retiring = pod.name_any();
+    eventually(
+        "the upgrade retires the leading pod",
+        Duration::from_secs(120),
+        || async {
+            let p = Api::<Pod>::namespaced(admin.clone(), ns)
+                .get_opt(&retiring)
+                .await
+                .ok()?;
+            p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        },
+    )
+    .await;
     request_rotation(&admin, ns, "db", "rotation-2").await;
     upgrade.join().expect("helm upgrade");
     let during = wait_handled(&admin, ns, "db", "rotation-2").await;
@@ -560,19 +581,24 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
         .find(|p| holder.starts_with(&format!("{}_", p.name_any())))
         .unwrap_or_else(|| panic!("the holder {holder} is one of the pods"))
         .name_any();
-    let pdb = cluster.kubectl_ok(&[
-        "get",
-        "pdb",
-        "bulkhead",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}",
-    ]);
-    assert_eq!(
-        pdb, "2/2/1",
-        "two replicas: the PDB covers both and allows one voluntary disruption"
-    );
+    // The disruption controller writes the PDB's status a moment after the pods change.
+    eventually(
+        "the PDB covering both replicas and allowing one voluntary disruption (2/2/1)",
+        Duration::from_secs(30),
+        || async {
+            (cluster.kubectl_ok(&[
+                "get",
+                "pdb",
+                "bulkhead",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}",
+            ]) == "2/2/1")
+                .then_some(())
+        },
+    )
+    .await;
     // Evicted, as a node drain does it (the eviction API, which the PDB gates).
     let pods_api = Api::<Pod>::namespaced(admin.clone(), ns);
     let deleted = Instant::now();
@@ -658,14 +684,20 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
         "credentials.bulkhead.dev",
         "tenants.bulkhead.dev",
     ]);
-    let lease = Api::<Lease>::namespaced(admin.clone(), ns)
-        .get_opt("bulkhead")
-        .await
-        .unwrap();
-    assert!(
-        lease.is_none(),
-        "the Lease goes with the release (owned by its ServiceAccount): {lease:?}"
-    );
+    // The garbage collector deletes it after the ServiceAccount, asynchronously.
+    eventually(
+        "the Lease gone with the release (owned by its ServiceAccount)",
+        Duration::from_secs(60),
+        || async {
+            Api::<Lease>::namespaced(admin.clone(), ns)
+                .get_opt("bulkhead")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
 
     // ---- team-b's token, refreshed by the kubelet: the operator keeps working ---------------
     // Nothing else to do here: let the suite's next control plane start meanwhile.
@@ -733,8 +765,10 @@ async fn the_chart_runs_the_operator_as_a_pod_beside_workloads_that_roll_on_rota
     let _ = refreshed;
 
     drop(admin);
+    // Torn down and checked while this test still holds the node: no other can start one
+    // in between.
+    let leftovers = cluster.stop_node();
     drop(cluster);
-    let leftovers = cluster::node_leftovers();
     assert!(leftovers.is_empty(), "the node left: {leftovers}");
 }
 

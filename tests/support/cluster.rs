@@ -1878,14 +1878,14 @@ impl Cluster {
             up.env(ENV_ASSETS, dir);
         }
         // Registered before `up` runs: a half-started node is torn down as well.
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; bash {} down {}",
-            std::process::id(),
-            repo().join("hack").join("node.sh").display(),
-            self.dir.display()
-        );
         let watchdog = Command::new("sh")
-            .args(["-c", &script])
+            .args([
+                "-c",
+                r#"while kill -0 "$0" 2>/dev/null; do sleep 1; done; bash "$1" down "$2""#,
+            ])
+            .arg(std::process::id().to_string())
+            .arg(repo().join("hack").join("node.sh"))
+            .arg(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1910,6 +1910,13 @@ impl Cluster {
         }
         eprintln!("e2e: node {NODE_NAME} Ready in {:.1}s", took.as_secs_f64());
         self.import_images(&[operator_image_archive(), workload_image_archive()]);
+    }
+
+    /// Tear the node down now (`hack/node.sh down`) and return what `hack/node.sh leftovers`
+    /// finds, while this cluster still holds the node: empty when nothing is left.
+    pub fn stop_node(&mut self) -> String {
+        drop(self.node.take());
+        node_leftovers()
     }
 
     /// The node, when the cluster was started with one.
