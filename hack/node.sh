@@ -378,11 +378,12 @@ down() {
   stop_group scheduler KILL
   stop_group proxy KILL
   step "daemons stopped"
-  local netns=()
+  local netns=() ids=()
   if [[ -f "$node/pids/containerd" ]] && ctr_ version >/dev/null 2>&1; then
     # The pods' network namespaces, from the sandboxes' specs, before their containers go.
     local id
     for id in $(ctr_ containers ls -q 2>/dev/null); do
+      ids+=("$id")
       while IFS= read -r ns; do [[ -n "$ns" ]] && netns+=("$ns"); done < <(
         ctr_ containers info "$id" 2>/dev/null | python3 -c '
 import json, sys
@@ -430,7 +431,10 @@ for ns in (spec.get("linux") or {}).get("namespaces") or []:
   done
   # What the kubelet and the CNI plugins keep outside DIR: log links, result caches.
   find /var/log/containers -maxdepth 1 -type l -lname "$node/*" -delete 2>/dev/null || true
-  rm -f /var/lib/cni/results/bulkhead-* /var/lib/cni/cache/results/bulkhead-* 2>/dev/null || true
+  # The CNI result cache: the pods' network (bulkhead-ID-eth0) and containerd's loopback
+  # (cni-loopback-ID-lo), for this node's sandboxes.
+  for id in "${ids[@]}"; do rm -f /var/lib/cni/results/*-"$id"-* 2>/dev/null || true; done
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
   rmdir /run/containerd/s /run/containerd 2>/dev/null || true
   if [[ -f "$node/sysctl.saved" ]]; then
     local line
@@ -456,7 +460,7 @@ leftovers() {
   report "iptables rules" "$what"
   what="$(ls -d /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods* 2>/dev/null || true)"
   report cgroups "$what"
-  what="$({ find /var/log/containers -maxdepth 1 -type l -lname '*/node/pod-logs/*' 2>/dev/null; ls -d /var/lib/cni/results/bulkhead-* "$SOCKETS" 2>/dev/null; } || true)"
+  what="$({ find /var/log/containers -maxdepth 1 -type l -lname '*/node/pod-logs/*' 2>/dev/null; ls -d /var/lib/cni/results/bulkhead-* /var/lib/cni/results/cni-loopback-* "$SOCKETS" 2>/dev/null; } || true)"
   report files "$what"
   if ((found)); then return 1; fi
   echo "node: nothing left (processes, containers, mounts, network namespaces, links, iptables, cgroups, files)"
