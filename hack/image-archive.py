@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import sys
 import tarfile
 
@@ -57,7 +58,8 @@ def main() -> int:
     layer = layer_tar(args.root)
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = {
-        "architecture": "amd64",
+        # This machine's: the image packs binaries built here.
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
         "os": "linux",
         "config": {
             "User": args.user,
