@@ -441,8 +441,14 @@ async fn one_release_manages_credentials_with_only_its_role() {
             .cloned()
     })
     .await;
-    let (_, reason, _) = wait_condition(&admin, ns, "db", "Rotated", "True").await;
-    assert_eq!(reason, "Rotated");
+    // Rotated is True from creation (reason Created): wait for the rotation's own reason, which
+    // the status write after the Secret's brings (a poll between the two saw Created).
+    eventually("db: Rotated=True, reason Rotated", WAIT, || async {
+        condition(&admin, ns, "db", "Rotated")
+            .await
+            .filter(|c| c.0 == "True" && c.1 == "Rotated")
+    })
+    .await;
     assert_eq!(
         condition(&admin, ns, "db", "RestartNotPermitted")
             .await
